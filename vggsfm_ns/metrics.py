@@ -181,3 +181,48 @@ def absolute_trajectory_error(pred_w2c: np.ndarray, gt_w2c: np.ndarray, valid: O
     aligned, _ = align_poses_sim3(pred_w2c, gt_w2c, valid)
     d = camera_centers(aligned)[valid] - camera_centers(gt_w2c)[valid]
     return float(np.sqrt(np.mean(np.sum(d * d, 1))))
+
+
+def load_reference_poses(path) -> Dict[str, np.ndarray]:
+    """Reference OpenCV world-to-camera poses ``(3, 4)`` keyed by image file stem.
+
+    Accepts a nerfstudio/instant-ngp ``transforms.json`` (OpenGL camera-to-world), a folder that
+    holds one, or a COLMAP model folder (``images.bin``/``images.txt``, read with pycolmap).
+
+    Raises:
+        FileNotFoundError: if no supported file is found at ``path``.
+    """
+    import json
+    from pathlib import Path
+
+    from .conventions import opengl_c2w_to_opencv_w2c
+
+    p = Path(path)
+    if p.is_dir() and (p / "transforms.json").is_file():
+        p = p / "transforms.json"
+    if p.is_file() and p.suffix == ".json":
+        meta = json.loads(p.read_text())
+        return {
+            Path(fr["file_path"]).stem: opengl_c2w_to_opencv_w2c(np.asarray(fr["transform_matrix"], np.float64))
+            for fr in meta["frames"]
+        }
+    if p.is_dir() and ((p / "images.bin").is_file() or (p / "images.txt").is_file()):
+        import pycolmap
+
+        rec = pycolmap.Reconstruction(str(p))
+        return {Path(im.name).stem: im.cam_from_world().matrix() for im in rec.images.values() if im.has_pose}
+    raise FileNotFoundError(f"{path}: no transforms.json or COLMAP model found")
+
+
+def evaluate_poses(pred: Dict[str, np.ndarray], reference: Dict[str, np.ndarray]) -> PoseMetrics:
+    """:func:`pose_metrics` over the reference's frames; frames missing from ``pred`` count as failures.
+
+    Args:
+        pred: predicted OpenCV world-to-camera ``(3, 4)`` keyed by file stem (registered frames only).
+        reference: reference poses keyed by file stem (e.g. from :func:`load_reference_poses`).
+    """
+    names = sorted(reference)
+    gt = np.stack([reference[n] for n in names])
+    valid = np.array([n in pred for n in names])
+    pr = np.stack([pred[n] if n in pred else np.eye(4)[:3] for n in names])
+    return pose_metrics(pr, gt, valid)

@@ -253,6 +253,9 @@ class FrameDepth:
         inlier_ratio: fraction of sparse SfM depths that agree with the fit.
         residual: median relative depth residual on the inliers.
         accepted: False when the frame was rejected (too few inliers); its depth is then all 0.
+        path: ``.npy`` file holding the depth map when it is kept on disk (then ``depth`` is None
+            so that hundreds of frames keep memory flat); read it with :meth:`load_depth`.
+        num_sparse: SfM depths available for the fit; num_inliers: how many agreed with it.
     """
 
     frame: int
@@ -263,6 +266,17 @@ class FrameDepth:
     inlier_ratio: float
     residual: float
     accepted: bool
+    path: Optional[Path] = None
+    num_sparse: int = 0
+    num_inliers: int = 0
+
+    def load_depth(self) -> Optional[np.ndarray]:
+        """The ``(H, W)`` float32 depth map, from memory or from :attr:`path`; None if neither is set."""
+        if self.depth is not None:
+            return self.depth
+        if self.path is not None:
+            return np.load(self.path).astype(np.float32, copy=False)
+        return None
 
 
 @dataclass

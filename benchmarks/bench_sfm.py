@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Our weight-free pipeline vs COLMAP (through pycolmap) on the same images, in one process.
+
+For each scene: pycolmap's own pipeline (SIFT extraction, exhaustive or sequential matching,
+incremental mapping) and ``vggsfm_ns.reconstruct`` with each requested tracker. Prints a table of
+seconds per stage, frames registered, points, mean reprojection error and, where the scene has
+reference poses (``transforms.json`` or a COLMAP model given with ``--reference``), RRA/RTA@5 and
+AUC@30 with the VGGSfM paper's metric (``vggsfm_ns.metrics``).
+
+Usage::
+
+    python benchmarks/bench_sfm.py ../shared/data/dtu_scan24 ../shared/data/kitchen \
+        --trackers sift klt --colmap exhaustive --markdown docs/benchmarks.md
+
+A scene argument is a folder with ``images/`` (and optionally ``transforms.json``), or an image
+folder itself. Not a test: run by hand; results go to ``docs/benchmarks.md`` with ``--markdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vggsfm_ns.metrics import evaluate_poses, load_reference_poses  # noqa: E402
+
+
+def _image_dir(scene: Path) -> Path:
+    return scene / "images" if (scene / "images").is_dir() else scene
+
+
+def _reference(scene: Path, explicit: Optional[Path]):
+    src = explicit or (scene / "transforms.json" if (scene / "transforms.json").is_file() else None)
+    return load_reference_poses(src) if src is not None else None
+
+
+def run_colmap(scene: Path, matching: str, num_threads: int) -> Dict:
+    """pycolmap's COLMAP pipeline with its defaults; returns timings, counts and poses by stem."""
+    import pycolmap
+
+    images = _image_dir(scene)
+    work = Path(tempfile.mkdtemp(prefix="bench_colmap_"))
+    try:
+        db = work / "database.db"
+        t = {}
+        t0 = time.perf_counter()
+        ext = pycolmap.FeatureExtractionOptions()
+        ext.num_threads = num_threads
+        pycolmap.extract_features(db, images, extraction_options=ext, device=pycolmap.Device.cpu)
+        t["features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mopts = pycolmap.FeatureMatchingOptions()
+        mopts.num_threads = num_threads
+        if matching == "sequential":
+            pycolmap.match_sequential(db, matching_options=mopts, device=pycolmap.Device.cpu)
+        else:
+            pycolmap.match_exhaustive(db, matching_options=mopts, device=pycolmap.Device.cpu)
+        t["matching"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.num_threads = num_threads
+        maps = pycolmap.incremental_mapping(db, images, work / "sparse", options=opts)
+        t["mapping"] = time.perf_counter() - t0
+        if not maps:
+            return {"timings": t, "registered": 0, "points": 0, "reproj": float("nan"), "poses": {}, "num_images": len(list(images.iterdir()))}
+        rec = max(maps.values(), key=lambda r: r.num_reg_images())
+        poses = {Path(im.name).stem: im.cam_from_world().matrix() for im in rec.images.values() if im.has_pose}
+        return {
+            "timings": t,
+            "registered": rec.num_reg_images(),
+            "points": rec.num_points3D(),
+            "reproj": rec.compute_mean_reprojection_error(),
+            "poses": poses,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_ours(scene: Path, tracker: str, preset: str) -> Dict:
+    """``vggsfm_ns.reconstruct`` with the given tracker; returns timings, counts and poses by stem."""
+    from vggsfm_ns.config import preset as make_preset
+    from vggsfm_ns.api import reconstruct
+
+    cfg = make_preset(preset)
+    cfg.track.tracker = tracker
+    t0 = time.perf_counter()
+    res = reconstruct(_image_dir(scene), cfg)
+    total = time.perf_counter() - t0
+    rec = res.sfm.reconstruction
+    poses = {Path(im.name).stem: im.cam_from_world().matrix() for im in rec.images.values() if im.has_pose}
+    timings = {k: v for k, v in res.timings.items() if k != "total"}
+    timings["total"] = total
+    return {
+        "timings": timings,
+        "registered": rec.num_reg_images(),
+        "points": rec.num_points3D(),
+        "reproj": rec.compute_mean_reprojection_error(),
+        "poses": poses,
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenes", nargs="+", type=Path)
+    ap.add_argument("--trackers", nargs="*", default=["sift", "klt"])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--colmap", choices=["exhaustive", "sequential", "none"], default="exhaustive")
+    ap.add_argument("--reference", type=Path, default=None, help="reference poses for a single scene")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--markdown", type=Path, default=None, help="append the results to this markdown file")
+    args = ap.parse_args(argv)
+
+    rows = []
+    for scene in args.scenes:
+        ref = _reference(scene, args.reference if len(args.scenes) == 1 else None)
+        runs = []
+        if args.colmap != "none":
+            runs.append((f"COLMAP ({args.colmap})", lambda s=scene: run_colmap(s, args.colmap, args.threads)))
+        for tr in args.trackers:
+            runs.append((f"vggsfm-ns {tr}", lambda s=scene, tr=tr: run_ours(s, tr, args.preset)))
+        for name, fn in runs:
+            try:
+                r = fn()
+            except Exception as e:  # a failed method is a result too
+                r = {"timings": {}, "registered": 0, "points": 0, "reproj": float("nan"), "poses": {}, "error": f"{type(e).__name__}: {e}"}
+            total = r["timings"].get("total", sum(r["timings"].values()))
+            m = evaluate_poses(r["poses"], ref).as_dict() if ref else {}
+            n_img = len(ref) if ref else len([p for p in _image_dir(scene).iterdir() if p.is_file()])
+            rows.append(
+                {
+                    "scene": scene.name,
+                    "method": name,
+                    "seconds": total,
+                    "stages": ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items() if k != "total"),
+                    "registered": f"{r['registered']}/{n_img}",
+                    "points": r["points"],
+                    "reproj": r["reproj"],
+                    "RRA@5": m.get("RRA@5"),
+                    "RTA@5": m.get("RTA@5"),
+                    "AUC@30": m.get("AUC@30"),
+                    "error": r.get("error", ""),
+                }
+            )
+            print(rows[-1], flush=True)
+
+    header = "| scene | method | seconds | stages (s) | registered | points | reproj (px) | RRA@5 | RTA@5 | AUC@30 |"
+    lines = [header, "|" + "---|" * 10]
+    fmt = lambda v: "–" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for r in rows:
+        extra = f" ({r['error']})" if r["error"] else ""
+        lines.append(
+            f"| {r['scene']} | {r['method']}{extra} | {r['seconds']:.1f} | {r['stages']} | {r['registered']} | {r['points']} | "
+            f"{fmt(r['reproj'])} | {fmt(r['RRA@5'])} | {fmt(r['RTA@5'])} | {fmt(r['AUC@30'])} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.markdown:
+        cmd = "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:]))
+        machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, peak RSS {peak_mb:.0f} MB"
+        with open(args.markdown, "a") as f:
+            f.write(f"\n### SfM: ours vs COLMAP — {datetime.date.today().isoformat()}\n\n")
+            f.write(f"Command: `{cmd}`  \nMachine: {machine}\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Image-folder input: ordering, names, EXIF orientation and focal length, masks, pixel formats, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vggsfm_ns.errors import InputError
+from vggsfm_ns.io.atomic import atomic_output_dir, check_output_dir
+from vggsfm_ns.io.frames import check_uniform_size, load_frames, match_masks, natural_key
+from vggsfm_ns.io.images import exif_focal_px_from_tags, image_info, read_image
+from vggsfm_ns.io.ply import read_ply, write_ply
+
+
+def _img(path: Path, w: int = 40, h: int = 30, seed: int = 0, **save_kw) -> np.ndarray:
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(a).save(path, **save_kw)
+    return a
+
+
+def test_folder_sorted_by_name_keeps_names_and_sizes(tmp_path):
+    for n in ["img10.png", "img2.png", "img1.png", "b.jpg", "a.JPG"]:
+        _img(tmp_path / n)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes(b"junk")
+    (tmp_path / "sub").mkdir()
+    fs = load_frames(tmp_path)
+    assert fs.names == ["a.JPG", "b.jpg", "img1.png", "img2.png", "img10.png"]
+    assert [p.name for p in fs.paths] == fs.names
+    assert fs.sizes.tolist() == [[40, 30]] * 5
+    assert not fs.ordered and fs.source == tmp_path
+    assert fs.exif_focal_px == [None] * 5
+    assert sorted(["x10", "x9", "x09a"], key=natural_key) == ["x9", "x09a", "x10"]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((30, 40, 3), np.uint8)
+    a[:5, :8] = 255  # white block at the stored top-left
+    ex = Image.Exif()
+    ex[0x0112] = 6  # "rotate 90 CW to display"
+    for i in range(3):
+        Image.fromarray(a).save(tmp_path / f"f{i}.png", exif=ex)
+    fs = load_frames(tmp_path)
+    assert fs.sizes.tolist() == [[30, 40]] * 3
+    img = fs.image(0)
+    assert img.shape == (40, 30, 3)
+    # after a clockwise quarter turn the stored top-left corner is at the top-right
+    assert img[:8, -5:].min() == 255 and img[-8:, :5].max() == 0
+    info = image_info(fs.paths[0])
+    assert info.orientation == 6 and not info.is_plain_rgb8
+
+
+def test_exif_focal_length(tmp_path):
+    ex = Image.Exif()
+    ifd = ex.get_ifd(0x8769)
+    ifd[0x920A] = 4.0  # FocalLength mm
+    ifd[0xA20E] = 250.0  # FocalPlaneXResolution, px per cm
+    ifd[0xA210] = 3  # unit: cm
+    _img(tmp_path / "a.jpg", 400, 300, exif=ex)
+    ex35 = Image.Exif()
+    ex35.get_ifd(0x8769)[0xA405] = 28  # FocalLengthIn35mmFilm
+    _img(tmp_path / "b.jpg", 400, 300, exif=ex35)
+    _img(tmp_path / "c.jpg", 400, 300)
+    fs = load_frames(tmp_path)
+    assert fs.exif_focal_px[0] == pytest.approx(4.0 * 25.0)  # 4 mm x 25 px/mm
+    assert fs.exif_focal_px[1] == pytest.approx(28.0 / np.hypot(36, 24) * 500.0)  # diagonal 500 px
+    assert fs.exif_focal_px[2] is None
+    # resized after capture: PixelXDimension 800 -> image is 400 wide -> half the focal length
+    assert exif_focal_px_from_tags({0x920A: 4.0, 0xA20E: 250.0, 0xA210: 3, 0xA002: 800}, 400, 300) == pytest.approx(50.0)
+    # inch unit (2) and implausible values
+    assert exif_focal_px_from_tags({0x920A: 5.0, 0xA20E: 2540.0, 0xA210: 2}, 4000, 3000) == pytest.approx(500.0)
+    assert exif_focal_px_from_tags({0xA405: 28}, 4000, 3000) == pytest.approx(28 / np.hypot(36, 24) * 5000)
+    assert exif_focal_px_from_tags({0xA405: 100000}, 400, 300) is None
+    assert exif_focal_px_from_tags({0x920A: 0}, 400, 300) is None
+
+
+def test_grayscale_rgba_16bit_become_rgb8(tmp_path):
+    gray = np.arange(30 * 40, dtype=np.uint8).reshape(30, 40)
+    Image.fromarray(gray, "L").save(tmp_path / "a_gray.png")
+    rgba = np.random.default_rng(1).integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "b_rgba.png")
+    g16 = (np.arange(30 * 40, dtype=np.uint32).reshape(30, 40) * 54).astype(np.uint16)  # up to 64746
+    Image.fromarray(g16).save(tmp_path / "c_gray16.png")
+    fs = load_frames(tmp_path)
+    a, b, c = (fs.image(i) for i in range(3))
+    for x in (a, b, c):
+        assert x.dtype == np.uint8 and x.shape == (30, 40, 3)
+    assert np.array_equal(a[..., 0], gray) and np.array_equal(a[..., 2], gray)
+    assert np.array_equal(b, rgba[..., :3])
+    expect = np.clip(g16.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(c[..., 1], expect)
+    assert c[-1, -1, 0] == 252 and c[0, 1, 0] == 0
+    assert not image_info(tmp_path / "c_gray16.png").is_plain_rgb8
+    assert not image_info(tmp_path / "b_rgba.png").is_plain_rgb8
+
+
+def test_masks_matched_by_name_or_stem(tmp_path):
+    imgs, masks = tmp_path / "img", tmp_path / "masks"
+    imgs.mkdir()
+    masks.mkdir()
+    for n in ["a.jpg", "b.jpg", "c.jpg"]:
+        _img(imgs / n)
+    m = np.zeros((30, 40), np.uint8)
+    m[10:20, 5:15] = 1  # VGGSfM convention: 1 = dynamic
+    Image.fromarray(m).save(masks / "a.png")  # by stem
+    Image.fromarray(m * 255).save(masks / "b.jpg.png")  # by full name + .png
+    fs = load_frames(imgs, masks=masks)
+    assert [p.name if p else None for p in fs.mask_paths] == ["a.png", "b.jpg.png", None]
+    dyn = fs.mask(0)
+    assert dyn.dtype == bool and dyn.sum() == 100 and dyn[15, 10] and not dyn[0, 0]
+    assert fs.mask(2) is None and fs.has_masks
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "c.png")
+    with pytest.raises(InputError, match=r"c\.png: mask is 10x10 but frame c\.jpg is 40x30"):
+        load_frames(imgs, masks=masks)
+    with pytest.raises(InputError, match="mask folder not found"):
+        match_masks(["a.jpg"], tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("missing", "input not found"),
+        ("empty", "folder is empty"),
+        ("no_images", "no images found"),
+        ("truncated_jpg", "cannot decode image"),
+        ("truncated_png", "cannot decode image"),
+        ("not_an_image", "cannot decode image"),
+        ("two_frames", "only 2 frame"),
+        ("single_image", "is a single image"),
+    ],
+)
+def test_bad_folders(tmp_path, case, pattern):
+    d = tmp_path / "in"
+    bad_name = None
+    if case != "missing":
+        d.mkdir()
+    if case == "no_images":
+        (d / "readme.txt").write_text("hello")
+    if case.startswith("truncated") or case == "not_an_image":
+        ext = ".png" if case == "truncated_png" else ".jpg"
+        for i in range(4):
+            _img(d / f"f{i}{ext}", 64, 48, seed=i, **({"quality": 90} if ext == ".jpg" else {}))
+        bad_name = f"f2{ext}"
+        raw = (d / bad_name).read_bytes()
+        (d / bad_name).write_bytes(raw[: len(raw) // 2] if case != "not_an_image" else b"this is not an image at all")
+    if case == "two_frames":
+        for i in range(2):
+            _img(d / f"f{i}.png")
+    if case == "single_image":
+        _img(d / "x.png")
+        d = d / "x.png"
+    with pytest.raises(InputError, match=pattern) as ei:
+        load_frames(d)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert str(d / bad_name if bad_name else d) in msg
+
+
+def test_mixed_sizes_supported_but_not_shared(tmp_path):
+    _img(tmp_path / "a.png", 40, 30)
+    _img(tmp_path / "b.png", 40, 30)
+    _img(tmp_path / "c.png", 50, 30)
+    fs = load_frames(tmp_path)
+    assert fs.sizes.tolist() == [[40, 30], [40, 30], [50, 30]]
+    with pytest.raises(InputError, match=r"c\.png: is 50x30 but a\.png is 40x30 \(2 different sizes\); --shared-camera"):
+        check_uniform_size(fs)
+    check_uniform_size(fs.subset([0, 1]))
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    p = tmp_path / "gone.png"
+    with pytest.raises(InputError, match="gone.png: file not found"):
+        read_image(p)
+
+
+def test_ply_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    xyz = rng.normal(size=(100, 3))
+    rgb = rng.integers(0, 256, (100, 3), dtype=np.uint8)
+    p = write_ply(tmp_path / "p.ply", xyz, rgb)
+    assert p.read_bytes()[:60].count(b"binary_little_endian") == 1
+    x2, c2 = read_ply(p)
+    assert x2.dtype == np.float32 and np.allclose(x2, xyz, atol=1e-6) and np.array_equal(c2, rgb)
+    x3, c3 = read_ply(write_ply(tmp_path / "q.ply", xyz[:3]))
+    assert np.array_equal(c3, np.full((3, 3), 128))
+    with pytest.raises(ValueError):
+        write_ply(tmp_path / "r.ply", xyz, rgb[:5])
+
+
+def test_atomic_output_dir(tmp_path):
+    target = tmp_path / "a" / "b" / "scene"
+    with pytest.raises(RuntimeError):
+        with atomic_output_dir(target) as tmp:
+            (tmp / "transforms.json").write_text("{}")
+            raise RuntimeError("boom")
+    assert not (tmp_path / "a").exists()  # parents created for the run are removed again
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(target):
+            raise KeyboardInterrupt
+    assert not (tmp_path / "a").exists()
+    with atomic_output_dir(target) as tmp:
+        (tmp / "transforms.json").write_text("1")
+    assert (target / "transforms.json").read_text() == "1"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["scene"]
+    from vggsfm_ns.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="already holds a dataset; pass --overwrite"):
+        check_output_dir(target)
+    with atomic_output_dir(target, overwrite=True) as tmp:
+        (tmp / "transforms.json").write_text("2")
+    assert (target / "transforms.json").read_text() == "2"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["scene"]
+    # an input inside the target is never replaced, even with overwrite
+    (target / "video.mp4").write_bytes(b"x")
+    with pytest.raises(InputError, match="replacing it would delete the input"):
+        check_output_dir(target, overwrite=True, inputs=[target / "video.mp4"])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not a dataset"):
+        check_output_dir(other, overwrite=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_output_dir(empty) as tmp:
+        (tmp / "transforms.json").write_text("3")
+    assert (empty / "transforms.json").read_text() == "3"

@@ -1,0 +1,256 @@
+"""The pipeline: from a video or an image folder to a reconstruction, one stage after another.
+
+:func:`reconstruct` is the Python entry point that ``ns-process-data vggsfm`` and ``vggsfm-ns
+process`` are thin shells over. Each stage is its own module with one entry function (see
+``docs/architecture.md``); this module only decides which stages run and in which order:
+
+frames → [tracker choice] → tracks (+ camera prior) → triangulation / BA → extra points → depth.
+
+Long ordered inputs go through the sliding-window video mode instead of the single sparse pass.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple, Union
+
+import torch
+
+from .config import ReconstructionConfig
+from .errors import CheckpointError, InputError
+from .progress import Observers, PipelineObserver, Stage
+from .types import FrameSet, ReconstructionResult, TrackSet
+
+#: Fewest frames a reconstruction accepts.
+MIN_FRAMES = 3
+
+
+@dataclass
+class TrackerChoice:
+    """Which track source runs, and why (for the summary).
+
+    Attributes:
+        name: ``"vggsfm"``, ``"klt"`` or ``"sift"``.
+        checkpoint: the VGGSfM checkpoint file when ``name == "vggsfm"``.
+        reason: one line explaining the choice (shown once when ``auto`` falls back).
+    """
+
+    name: str
+    checkpoint: Optional[Path]
+    reason: str
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`.
+
+    Raises:
+        InputError: for an unknown device string or CUDA asked on a machine without it.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise InputError(f"unknown device {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked but CUDA is not available")
+    return dev
+
+
+def choose_tracker(cfg: ReconstructionConfig, frames: FrameSet) -> TrackerChoice:
+    """Resolve ``cfg.track.tracker`` (``auto``: the learned tracker when a checkpoint is found locally,
+    else KLT for ordered video frames and SIFT for image folders).
+
+    Never downloads: ``auto`` only looks at ``--checkpoint`` and the Hugging Face cache; an explicit
+    ``vggsfm`` resolves (and may download) the checkpoint.
+
+    Raises:
+        CheckpointError: ``--tracker vggsfm`` and the checkpoint cannot be found or fetched.
+    """
+    from .checkpoints import find_checkpoint, resolve_checkpoint
+
+    name = cfg.track.tracker
+    if name == "vggsfm":
+        return TrackerChoice("vggsfm", resolve_checkpoint(cfg.track.checkpoint), "asked for (--tracker vggsfm)")
+    if name in ("klt", "sift"):
+        return TrackerChoice(name, None, f"asked for (--tracker {name})")
+    if name != "auto":
+        raise InputError(f"unknown tracker {name!r}; choose auto, vggsfm, klt or sift")
+    ckpt = find_checkpoint(cfg.track.checkpoint)
+    if ckpt is not None:
+        return TrackerChoice("vggsfm", ckpt, f"checkpoint found at {ckpt}")
+    fallback = "klt" if frames.ordered else "sift"
+    where = f"--checkpoint {cfg.track.checkpoint}" if cfg.track.checkpoint else "the Hugging Face cache (facebook/VGGSfM)"
+    return TrackerChoice(
+        fallback,
+        None,
+        f"no VGGSfM checkpoint in {where}: using the weight-free {fallback.upper()} tracker "
+        f"(pass --checkpoint or --tracker vggsfm to download it)",
+    )
+
+
+def choose_mode(cfg: ReconstructionConfig, frames: FrameSet) -> str:
+    """``sparse`` or ``video``. ``auto`` picks ``video`` for ordered frames (a video input) with more
+    than ``cfg.video.auto_min_frames`` frames: the single sparse pass holds every frame's tracks at
+    once (the official sparse mode is documented up to 400 frames), the windowed mode keeps memory flat.
+
+    Raises:
+        InputError: ``video`` asked for unordered images.
+    """
+    if cfg.mode == "sparse":
+        return "sparse"
+    if cfg.mode == "video":
+        if not frames.ordered:
+            # An image folder named in temporal order is a valid video input too; trust the user.
+            pass
+        return "video"
+    if cfg.mode != "auto":
+        raise InputError(f"unknown mode {cfg.mode!r}; choose auto, sparse or video")
+    return "video" if frames.ordered and len(frames) > cfg.video.auto_min_frames else "sparse"
+
+
+def _load_frames(source, cfg: ReconstructionConfig, masks, work_dir, observer, timings) -> FrameSet:
+    if isinstance(source, FrameSet):
+        return source
+    from .io.frames import load_frames
+
+    with Stage(observer, "frames", timings=timings):
+        return load_frames(Path(source), masks=masks, num_frames_target=cfg.num_frames_target, work_dir=work_dir, observer=observer)
+
+
+def _run_tracker(choice: TrackerChoice, frames: FrameSet, cfg: ReconstructionConfig, device, observer, timings, model=None):
+    """Run the chosen track source; returns ``(TrackSet, CameraPrior or None, model or None)``."""
+    if choice.name == "vggsfm":
+        from .networks import VGGSfMModel
+        from .tracks.vggsfm import track_vggsfm
+
+        if model is None:
+            with Stage(observer, "load model", timings=timings):
+                model = VGGSfMModel.from_checkpoint(choice.checkpoint, device=device)
+        with Stage(observer, "tracks", timings=timings):
+            tracks, prior = track_vggsfm(frames, model, cfg.track, device=device, precision=cfg.precision, observer=observer)
+        return tracks, prior, model
+    if choice.name == "klt":
+        from .tracks.klt import track_klt
+
+        with Stage(observer, "tracks", timings=timings):
+            return track_klt(frames, cfg.track, observer=observer), None, None
+    from .tracks.sift import track_sift
+
+    with Stage(observer, "tracks", timings=timings):
+        return track_sift(frames, cfg.track, observer=observer), None, None
+
+
+def _extra_tracks(choice: TrackerChoice, frames: FrameSet, sfm, tracks: TrackSet, cfg: ReconstructionConfig, device, model) -> Optional[TrackSet]:
+    """Grid tracks for extra points (official ``extra_pt_pixel_interval``), from the same tracker."""
+    from .tracks.extra import extra_point_tracks
+
+    return extra_point_tracks(choice.name, frames, sfm, tracks, cfg, device=device, model=model)
+
+
+def reconstruct(
+    source: Union[str, Path, FrameSet],
+    config: Optional[ReconstructionConfig] = None,
+    observer: Optional[PipelineObserver] = None,
+    masks: Optional[Path] = None,
+    work_dir: Optional[Path] = None,
+) -> ReconstructionResult:
+    """Run the VGGSfM pipeline on a video file, an image folder or a prepared :class:`FrameSet`.
+
+    Args:
+        source: video file (frames are extracted, the sharpest per interval), folder of images (any
+            order), or a ``FrameSet``.
+        config: pipeline configuration (default: ``preset("default")``, the official VGGSfM v2 demo
+            settings).
+        observer: progress/live-view receiver (e.g. :class:`vggsfm_ns.progress.RichProgress`, the
+            viser live viewer, or :class:`vggsfm_ns.progress.Observers` of several).
+        masks: folder of dynamic-object masks matched to the images by name (non-zero = dynamic).
+        work_dir: where decoded video frames are written (default: a temporary folder that lives
+            as long as the process).
+
+    Returns:
+        :class:`ReconstructionResult` with the frames, tracks, the bundle-adjusted model rescaled to
+        the original image resolution, optional aligned depth and dense seed points, seconds per
+        stage and messages for the summary.
+
+    Raises:
+        InputError: unusable input (missing path, no images, fewer than 3 frames, ...).
+        CheckpointError: the learned tracker was asked for and its checkpoint is unavailable.
+        ReconstructionError: the geometry failed as a whole (no initial pair, nothing registered).
+    """
+    cfg = config or ReconstructionConfig()
+    obs = Observers([observer]) if not isinstance(observer, Observers) else observer
+    timings: dict = {}
+    messages: List[str] = []
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+
+    frames = _load_frames(source, cfg, masks, work_dir, obs, timings)
+    if len(frames) < MIN_FRAMES:
+        raise InputError(f"found {len(frames)} usable frame(s); at least {MIN_FRAMES} are needed", frames.source)
+    if cfg.camera.shared_camera and len({tuple(s) for s in frames.sizes.tolist()}) > 1:
+        raise InputError("--shared-camera needs all images to have the same size, but they differ", frames.source)
+
+    device = resolve_device(cfg.device)
+    choice = choose_tracker(cfg, frames)
+    if cfg.track.tracker == "auto" and choice.name != "vggsfm":
+        obs.message(choice.reason, "warning")
+    messages.append(f"tracker: {choice.name} ({choice.reason})")
+    mode = choose_mode(cfg, frames)
+    messages.append(f"mode: {mode} ({len(frames)} frames)")
+
+    from .sfm.intrinsics import known_intrinsics
+
+    known = known_intrinsics(frames, cfg.camera)
+    if known is not None:
+        messages.append(f"intrinsics: {known.source}{' (fixed)' if known.fixed else ''}")
+
+    tracks: Optional[TrackSet] = None
+    if mode == "video":
+        from .sfm.video import reconstruct_video
+
+        sfm, tracks = reconstruct_video(frames, cfg, tracker=choice, device=device, known=known, observer=obs, timings=timings)
+    else:
+        tracks, prior, model = _run_tracker(choice, frames, cfg, device, obs, timings)
+        from .sfm.backend import reconstruct_from_tracks
+
+        with Stage(obs, "triangulate + BA", timings=timings):
+            sfm = reconstruct_from_tracks(tracks, frames, cfg.sfm, cfg.camera, prior=prior, known=known, observer=obs, seed=cfg.seed)
+        if cfg.sfm.extra_pt_pixel_interval > 0:
+            from .sfm.extra_points import triangulate_extra_points
+
+            with Stage(obs, "extra points", timings=timings):
+                extra = _extra_tracks(choice, frames, sfm, tracks, cfg, device, model)
+                if extra is not None and extra.num_tracks > 0:
+                    sfm = triangulate_extra_points(sfm, extra, cfg.sfm, frames=frames)
+        del model
+
+    depth = None
+    dense_points = None
+    if cfg.depth.dense_depth or cfg.depth.dense_init:
+        from .depth import estimate_depth
+
+        with Stage(obs, "depth", timings=timings):
+            depth = estimate_depth(frames, sfm, cfg.depth, device=device, observer=obs, work_dir=work_dir)
+        if cfg.depth.dense_init:
+            from .depth import dense_seed_points
+
+            with Stage(obs, "dense seed", timings=timings):
+                dense_points = dense_seed_points(frames, sfm, depth, target=cfg.depth.dense_points_target)
+
+    timings["total"] = time.perf_counter() - t_start
+    return ReconstructionResult(
+        frames=frames,
+        tracks=tracks,
+        sfm=sfm,
+        depth=depth,
+        dense_points=dense_points,
+        timings=timings,
+        messages=messages,
+        config=cfg,
+    )
+
+
+__all__ = ["reconstruct", "choose_tracker", "choose_mode", "resolve_device", "TrackerChoice", "MIN_FRAMES"]
