@@ -15,7 +15,7 @@ import pytest
 import tyro
 from _scene import make_scene
 
-from vggsfm_ns.process import hook
+import vggsfm_ns_hook as hook
 from vggsfm_ns.process.cli import main as cli_main
 from vggsfm_ns.process.converter import VGGSfMToNerfstudioDataset
 
@@ -304,7 +304,7 @@ def test_interpreter_start_stays_light():
     code = "import sys; print(sorted(m for m in ('torch', 'numpy', 'nerfstudio', 'tyro', 'vggsfm_ns.process.converter') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-c", "import sys, vggsfm_ns.process.hook as h; print(any(isinstance(f, h.ProcessDataFinder) for f in sys.meta_path))"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", "import sys, vggsfm_ns_hook as h; print(any(isinstance(f, h.ProcessDataFinder) for f in sys.meta_path))"], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "True"  # installed by vggsfm_ns_process_data.pth
 
 

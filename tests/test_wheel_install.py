@@ -61,9 +61,11 @@ def test_wheel_contents(overlay):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         pth = z.read("vggsfm_ns_process_data.pth").decode()
+        hook_src = z.read("vggsfm_ns_hook.py")
         ep = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
-    assert "import vggsfm_ns.process.hook" in pth and "install()" in pth
-    for f in ["vggsfm_ns/__init__.py", "vggsfm_ns/process/hook.py", "vggsfm_ns/process/converter.py", "vggsfm_ns/process/cli.py",
+    assert "import vggsfm_ns_hook" in pth and "install()" in pth
+    assert hook_src == (REPO / "vggsfm_ns_hook.py").read_bytes()
+    for f in ["vggsfm_ns_hook.py", "vggsfm_ns/__init__.py", "vggsfm_ns/process/converter.py", "vggsfm_ns/process/cli.py",
               "vggsfm_ns/export/nerfstudio.py", "vggsfm_ns/io/video.py"]:
         assert f in names, f
     assert not any(n.startswith("tests/") for n in names)
@@ -74,10 +76,13 @@ def test_wheel_contents(overlay):
 def test_ns_process_data_lists_vggsfm_from_the_wheel(overlay):
     _, ov, ov_site = overlay
     py = ov / "bin" / "python"
-    where = _run([py, "-c", "import vggsfm_ns, vggsfm_ns.process.hook as h, sys; print(vggsfm_ns.__file__); print(any(isinstance(f, h.ProcessDataFinder) for f in sys.meta_path))"])
-    path, active = where.split()
-    assert Path(path).is_relative_to(ov_site) and active == "True"  # the wheel's copy, hook active at start-up
-    assert "import vggsfm_ns.process.hook" in (ov_site / "vggsfm_ns_process_data.pth").read_text()
+    where = _run([py, "-c", "import sys; started = 'vggsfm_ns' in sys.modules; import vggsfm_ns, vggsfm_ns_hook as h; "
+                  "print(vggsfm_ns.__file__); print(h.__file__); print(started); print(any(isinstance(f, h.ProcessDataFinder) for f in sys.meta_path))"], cwd=ov)
+    path, hook_path, imported_at_start, active = where.split()
+    # the wheel's copies; the hook is active at start-up without importing the vggsfm_ns package
+    assert Path(path).is_relative_to(ov_site) and Path(hook_path).is_relative_to(ov_site)
+    assert active == "True" and imported_at_start == "False"
+    assert "import vggsfm_ns_hook" in (ov_site / "vggsfm_ns_process_data.pth").read_text()
     r = subprocess.run([str(py), "-c", "pass"], capture_output=True, text=True, timeout=60)
     assert r.stderr == ""  # every .pth line ran cleanly
     out = _run([py, "-c", NS_PROCESS_DATA, "--help"], cwd=ov)

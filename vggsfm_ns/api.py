@@ -188,6 +188,7 @@ def reconstruct(
     torch.manual_seed(cfg.seed)
 
     frames = _load_frames(source, cfg, masks, work_dir, obs, timings)
+    obs.frames_loaded(frames)
     if len(frames) < MIN_FRAMES:
         raise InputError(f"found {len(frames)} usable frame(s); at least {MIN_FRAMES} are needed", frames.source)
     if cfg.camera.shared_camera and len({tuple(s) for s in frames.sizes.tolist()}) > 1:

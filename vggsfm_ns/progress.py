@@ -91,6 +91,9 @@ def snapshot_from_reconstruction(recon, names: Sequence[str], label: str, progre
 class PipelineObserver:
     """Receives progress and snapshots from the pipeline. All methods are optional no-ops."""
 
+    def frames_loaded(self, frames) -> None:
+        """The input :class:`~vggsfm_ns.types.FrameSet` is known (e.g. for frustum thumbnails)."""
+
     def stage_started(self, name: str, total: Optional[int] = None) -> None:
         """A stage began; ``total`` steps are expected (None: indeterminate)."""
 
@@ -115,6 +118,10 @@ class Observers(PipelineObserver):
 
     def __init__(self, observers: Sequence[PipelineObserver] = ()):
         self.observers = [o for o in observers if o is not None]
+
+    def frames_loaded(self, frames):
+        for o in self.observers:
+            o.frames_loaded(frames)
 
     def stage_started(self, name, total=None):
         for o in self.observers:

@@ -4,7 +4,6 @@ and the quality report written to ``vggsfm_report.json`` (format: ``docs/output_
 from __future__ import annotations
 
 import math
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
@@ -123,13 +122,12 @@ def build_report(result: "ReconstructionResult", frames_stats: Optional[List[Dic
 
 
 def next_step_commands(output_dir: Path) -> List[str]:
-    """The ``ns-train splatfacto`` commands for a dataset: plain, and with the camera optimiser
-    (``SO3xR3``), which refines the poses during training (gsplat cannot refine intrinsics)."""
-    data = shlex.quote(str(output_dir))
-    return [
-        f"ns-train splatfacto --data {data}",
-        f"ns-train splatfacto --data {data} --pipeline.model.camera-optimizer.mode SO3xR3",
-    ]
+    """The ``ns-train splatfacto`` commands for a dataset (see
+    :func:`vggsfm_ns.dataparser.training_commands`): plain, and with the camera optimiser (``SO3xR3``),
+    which refines the poses during training (gsplat cannot refine intrinsics)."""
+    from .dataparser import training_commands
+
+    return training_commands(output_dir)
 
 
 def _fmt(x: Optional[float], spec: str = ".2f") -> str:

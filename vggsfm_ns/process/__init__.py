@@ -1,4 +1,5 @@
 """nerfstudio glue: the ``ns-process-data vggsfm`` converter, its import hook and the ``vggsfm-ns`` CLI.
 
-Kept empty of imports: the hook module is imported at interpreter start-up (see ``hook.py``).
+Kept empty of imports. The ``ns-process-data`` hook is the top-level module ``vggsfm_ns_hook`` (imported at
+interpreter start-up by ``vggsfm_ns_process_data.pth``, without importing this package).
 """

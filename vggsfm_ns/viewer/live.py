@@ -85,6 +85,10 @@ class LiveViewer(PipelineObserver):
 
         self.scene.set_thumbnails(thumb)
 
+    def frames_loaded(self, frames: "FrameSet") -> None:
+        """Pipeline hook: frames are known, so frustums can show thumbnails (:meth:`set_frames`)."""
+        self.set_frames(frames)
+
     def set_thumbnails(self, fn: Callable[[int], Optional[np.ndarray]]) -> None:
         """Use ``fn(i) -> (H, W, 3) uint8`` (frame ``i`` of the snapshots) for the thumbnails."""
         self.scene.set_thumbnails(fn)

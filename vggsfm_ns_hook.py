@@ -2,8 +2,10 @@
 
 nerfstudio 1.1.5 has no plug-in mechanism for process-data converters: ``scripts/process_data.py``
 builds a ``Commands`` union of its own converters and ``entrypoint()`` runs ``tyro.cli(Commands)``.
-The wheel ships ``vggsfm_ns_process_data.pth`` at the top of site-packages; at interpreter start it
-calls :func:`install`, which only appends a tiny meta-path finder (no other imports). When
+The wheel ships ``vggsfm_ns_process_data.pth`` and a copy of this file as the top-level module
+``vggsfm_ns_hook`` in site-packages; at interpreter start the ``.pth`` imports ``vggsfm_ns_hook``
+(not the ``vggsfm_ns`` package, so a source checkout on ``sys.path`` is never shadowed) and calls
+:func:`install`, which only appends a tiny meta-path finder (no other imports). When
 ``nerfstudio.scripts.process_data`` is later imported, the finder lets the normal loader run the
 module and then extends its ``Commands`` with
 ``Annotated[VGGSfMToNerfstudioDataset, tyro.conf.subcommand(name="vggsfm")]``.
@@ -41,7 +43,7 @@ def extend_commands(module) -> bool:
             return True
     import tyro
 
-    from .converter import VGGSfMToNerfstudioDataset
+    from vggsfm_ns.process.converter import VGGSfMToNerfstudioDataset
 
     module.Commands = typing.Union[  # type: ignore[attr-defined]
         commands,
