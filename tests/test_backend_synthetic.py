@@ -1,0 +1,184 @@
+"""The geometric back end on synthetic scenes with ground truth.
+
+Scenes: cameras around / through a random point cloud, tracks projected with 0.5 px noise, 10 %
+outlier observations (15-60 px off) and 30 % missing observations
+(:func:`vggsfm_ns.sfm.synthetic.make_scene`). Pose accuracy uses the VGGSfM metric
+(:func:`vggsfm_ns.metrics.pose_metrics`, invariant to the similarity gauge); points are compared
+after the Sim(3) alignment of the camera centres (:func:`vggsfm_ns.metrics.align_poses_sim3`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vggsfm_ns.config import CameraConfig, SfMConfig
+from vggsfm_ns.conventions import center_to_corner
+from vggsfm_ns.metrics import align_poses_sim3, pose_metrics
+from vggsfm_ns.progress import PipelineObserver
+from vggsfm_ns.sfm.backend import reconstruct_from_tracks
+from vggsfm_ns.sfm.extra_points import triangulate_extra_points
+from vggsfm_ns.sfm.synthetic import make_scene, noisy_prior, position_color
+from vggsfm_ns.types import KnownIntrinsics, TrackSet
+
+
+class Recorder(PipelineObserver):
+    def __init__(self):
+        self.snapshots = []
+        self.stages = []
+
+    def reconstruction_updated(self, snapshot):
+        self.snapshots.append(snapshot)
+
+    def stage_started(self, name, total=None):
+        self.stages.append(name)
+
+
+def check_accuracy(res, scene, focal_tol=0.01, min_rra=98.0, min_auc=95.0):
+    valid = res.valid_frame_mask.numpy()
+    m = pose_metrics(res.extrinsics.numpy(), scene.extrinsics, valid)
+    assert m.rra[5] >= min_rra and m.rta[5] >= min_rra, m.as_dict()
+    assert m.auc[30] >= min_auc, m.as_dict()
+    assert res.stats["mean_reproj_error_px"] < 1.0
+    f = res.intrinsics[valid, 0, 0].numpy()
+    f_gt = scene.intrinsics[valid, 0, 0]
+    assert np.abs(f / f_gt - 1).max() < focal_tol, (f, f_gt)
+    # points, after aligning the camera centres to the ground truth
+    aligned, (s, R, t) = align_poses_sim3(res.extrinsics.numpy(), scene.extrinsics, valid)
+    X = res.points3D.numpy() @ (s * R).T + t
+    err = np.linalg.norm(X - scene.points[res.point_track_ids.numpy()], axis=1)
+    assert np.median(err) < 0.01 * np.ptp(scene.points, axis=0).max()
+    return m
+
+
+def subset(tracks: TrackSet, idx) -> TrackSet:
+    return TrackSet(tracks.tracks[:, idx], tracks.vis[:, idx], None if tracks.score is None else tracks.score[:, idx],
+                    tracks.query_frames[idx], tracks.transforms, tracks.source)
+
+
+def test_simple_pinhole_per_frame_cameras_model_and_colours():
+    scene = make_scene(num_frames=20, num_points=1500, trajectory="orbit", image_size=(640, 480), focal=600.0,
+                       with_images=True, seed=1)
+    obs = Recorder()
+    res = reconstruct_from_tracks(scene.tracks, scene.frames, SfMConfig(), CameraConfig(), observer=obs, seed=0)
+    assert res.valid_frame_mask.all()
+    check_accuracy(res, scene)
+    rec = res.reconstruction
+    # one camera per frame, original resolution, principal point at the image centre (corner convention)
+    assert rec.num_cameras() == 20 and rec.num_reg_images() == 20
+    for i in range(20):
+        img = rec.image(int(res.image_ids[i]))
+        assert img.name == scene.names[i]
+        c = rec.camera(img.camera_id)
+        assert (c.width, c.height) == (640, 480)
+        np.testing.assert_allclose([c.principal_point_x, c.principal_point_y], [320.0, 240.0], atol=1e-9)
+    # 2D observations are in original pixels, COLMAP corner convention, and reproject
+    assert res.stats["mean_reproj_error_px"] < 1.0
+    inl = res.track_inlier_mask
+    assert not (inl & scene.tracks.vis.bool().logical_not()).any()
+    # outliers (15-60 px) are (nearly) never kept as inliers
+    out = torch.from_numpy(scene.outlier)
+    assert int((inl & out).sum()) <= 0.002 * int(inl.sum())
+    # colours: the position-coded images give each observation a known colour
+    xy = torch.stack([torch.from_numpy(scene.tracks.transforms[s].proc_to_orig(center_to_corner(scene.tracks.tracks[s].double().numpy()), "corner")) for s in range(20)])
+    expect = np.zeros((res.points3D.shape[0], 3))
+    cnt = np.zeros(res.points3D.shape[0])
+    for s in range(20):
+        m = inl[s, res.point_track_ids].numpy()
+        expect[m] += position_color(xy[s, res.point_track_ids][m].numpy(), 640, 480)
+        cnt[m] += 1
+    expect /= cnt[:, None]
+    assert np.abs(res.points3D_rgb.numpy().astype(float) - expect).max() <= 1.01
+    # live view: snapshots after the initial BA, registration and every BA round; stages reported
+    labels = [s.label for s in obs.snapshots]
+    assert labels[0] == "initial pair" and any(l.startswith("registered") for l in labels) and labels[-1].startswith("iterative BA")
+    assert obs.snapshots[-1].registered.all() and obs.snapshots[-1].points.shape[0] > 1000
+    np.testing.assert_allclose(obs.snapshots[-1].intrinsics[:, 0, 2], 320.0, atol=1e-9)
+    assert any(s.startswith("geometry:") for s in obs.stages)
+    assert {"two_view", "register", "global_ba", "total"} <= set(res.stats["timings"])
+
+
+def test_simple_radial_padded_square_frames():
+    scene = make_scene(num_frames=24, num_points=1500, trajectory="orbit", image_size=(800, 600), focal=700.0,
+                       camera_type="SIMPLE_RADIAL", distortion=[0.05], processed="square", processed_size=512, seed=2)
+    res = reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(camera_type="SIMPLE_RADIAL"), seed=0)
+    check_accuracy(res, scene)
+    assert res.extra_params.shape == (24, 1)
+    np.testing.assert_allclose(res.extra_params[:, 0].numpy(), 0.05, atol=0.005)
+    c = res.reconstruction.camera(1)
+    assert c.model_name == "SIMPLE_RADIAL" and (c.width, c.height) == (800, 600)
+    assert res.reconstruction.image(1).name == "frame_00000"
+
+
+def test_shared_camera_narrow_field_of_view():
+    """DTU-like: an arc of 40 views, 384 px images, true focal 925 px (2.4x the default guess)."""
+    scene = make_scene(num_frames=40, num_points=2500, trajectory="arc", image_size=(384, 384), focal=925.0, seed=3)
+    res = reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(shared_camera=True), seed=0)
+    check_accuracy(res, scene)
+    assert res.reconstruction.num_cameras() == 1
+    assert res.valid_frame_mask.all()
+
+
+def test_per_frame_focal_lengths_from_camera_prior():
+    f = [600.0 + 12.0 * i for i in range(20)]
+    scene = make_scene(num_frames=20, num_points=1500, trajectory="orbit", focal=f, processed="square", seed=4)
+    prior = noisy_prior(scene, rot_deg=5.0, trans_rel=0.1, focal_rel=0.1, seed=1)
+    res = reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(), prior=prior, seed=0)
+    check_accuracy(res, scene)
+    assert res.stats["intrinsics_source"] == "prior"
+
+
+def test_fixed_known_intrinsics():
+    f = [550.0 + 10.0 * i for i in range(16)]
+    scene = make_scene(num_frames=16, num_points=1200, trajectory="orbit", focal=f, image_size=(1280, 720), processed_size=640, seed=5)
+    known = KnownIntrinsics(torch.from_numpy(scene.intrinsics), torch.zeros(16, 0, dtype=torch.float64), fixed=True, source="file")
+    res = reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(fix_intrinsics=True), known=known, seed=0)
+    check_accuracy(res, scene, focal_tol=1e-9)
+    torch.testing.assert_close(res.intrinsics, torch.from_numpy(scene.intrinsics))
+
+
+def test_zooming_camera_without_prior_gets_per_frame_focals():
+    """Frames of one size share intrinsics at first; a frame whose own focal fits much better splits off."""
+    f = [600.0 + 15.0 * i for i in range(20)]
+    scene = make_scene(num_frames=20, num_points=1500, trajectory="orbit", focal=f, seed=6)
+    res = reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(), seed=0)
+    m = pose_metrics(res.extrinsics.numpy(), scene.extrinsics, res.valid_frame_mask.numpy())
+    assert m.rra[5] >= 98.0 and m.auc[30] >= 90.0, m.as_dict()
+    err = np.abs(res.intrinsics[:, 0, 0].numpy() / np.array(f) - 1)
+    assert np.median(err) < 0.02
+
+
+def test_forward_video_trajectory():
+    scene = make_scene(num_frames=40, num_points=2500, trajectory="forward", seed=7)
+    res = reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(), seed=0)
+    check_accuracy(res, scene)
+
+
+@pytest.mark.parametrize("concat", [True, False])
+def test_extra_points_with_fixed_cameras(concat):
+    scene = make_scene(num_frames=16, num_points=2400, trajectory="orbit", with_images=True, seed=8)
+    N = scene.tracks.num_tracks
+    base, extra = torch.arange(0, N, 2), torch.arange(1, N, 2)
+    res = reconstruct_from_tracks(subset(scene.tracks, base), scene.frames, SfMConfig(), CameraConfig(), seed=0)
+    cfg = SfMConfig(concat_extra_points=concat)
+    out = triangulate_extra_points(res, subset(scene.tracks, extra), cfg, frames=scene.frames)
+    n = out.stats["num_extra_points"]
+    assert n > 0.8 * extra.numel() * 0.9  # most tracks with > 3 views survive
+    pts = out.points3D[res.points3D.shape[0]:] if concat else out.stats["extra_points3D"]
+    assert pts.shape == (n, 3)
+    aligned, (s, R, t) = align_poses_sim3(res.extrinsics.numpy(), scene.extrinsics, res.valid_frame_mask.numpy())
+    X = pts.numpy() @ (s * R).T + t
+    gt = scene.points[extra.numpy()]
+    d = np.linalg.norm(X[:, None] - gt[None], axis=-1).min(1)
+    assert np.median(d) < 0.01
+    # the cameras did not move and the input result was not modified
+    torch.testing.assert_close(out.extrinsics, res.extrinsics)
+    if concat:
+        assert out.reconstruction.num_points3D() == res.reconstruction.num_points3D() + n
+        assert torch.all(out.point_track_ids[res.points3D.shape[0]:] == -1)
+        assert out.points3D_rgb.shape == (out.points3D.shape[0], 3)
+        assert res.reconstruction.num_points3D() == res.points3D.shape[0]
+    else:
+        assert out.reconstruction.num_points3D() == res.reconstruction.num_points3D()
+        assert out.stats["extra_points_rgb"].shape == (n, 3)
