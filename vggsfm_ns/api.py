@@ -14,12 +14,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Union
 
 import torch
 
 from .config import ReconstructionConfig
-from .errors import CheckpointError, InputError
+from .errors import InputError
 from .progress import Observers, PipelineObserver, Stage
 from .types import FrameSet, ReconstructionResult, TrackSet
 
@@ -63,8 +63,8 @@ def choose_tracker(cfg: ReconstructionConfig, frames: FrameSet) -> TrackerChoice
     """Resolve ``cfg.track.tracker`` (``auto``: the learned tracker when a checkpoint is found locally,
     else KLT for ordered video frames and SIFT for image folders).
 
-    Never downloads: ``auto`` only looks at ``--checkpoint`` and the Hugging Face cache; an explicit
-    ``vggsfm`` resolves (and may download) the checkpoint.
+    Never downloads in ``auto`` mode: it only looks at the Hugging Face cache. An explicit
+    ``--checkpoint`` or ``--tracker vggsfm`` resolves the checkpoint (``vggsfm`` may download it).
 
     Raises:
         CheckpointError: ``--tracker vggsfm`` and the checkpoint cannot be found or fetched.
@@ -72,22 +72,24 @@ def choose_tracker(cfg: ReconstructionConfig, frames: FrameSet) -> TrackerChoice
     from .checkpoints import find_checkpoint, resolve_checkpoint
 
     name = cfg.track.tracker
+    if name == "auto" and cfg.track.checkpoint is not None:
+        # an explicit --checkpoint means the learned tracker; a wrong path is an error, not a fallback
+        name = "vggsfm"
     if name == "vggsfm":
         return TrackerChoice("vggsfm", resolve_checkpoint(cfg.track.checkpoint), "asked for (--tracker vggsfm)")
     if name in ("klt", "sift"):
         return TrackerChoice(name, None, f"asked for (--tracker {name})")
     if name != "auto":
         raise InputError(f"unknown tracker {name!r}; choose auto, vggsfm, klt or sift")
-    ckpt = find_checkpoint(cfg.track.checkpoint)
+    ckpt = find_checkpoint(None)
     if ckpt is not None:
         return TrackerChoice("vggsfm", ckpt, f"checkpoint found at {ckpt}")
     fallback = "klt" if frames.ordered else "sift"
-    where = f"--checkpoint {cfg.track.checkpoint}" if cfg.track.checkpoint else "the Hugging Face cache (facebook/VGGSfM)"
     return TrackerChoice(
         fallback,
         None,
-        f"no VGGSfM checkpoint in {where}: using the weight-free {fallback.upper()} tracker "
-        f"(pass --checkpoint or --tracker vggsfm to download it)",
+        f"no VGGSfM checkpoint in the Hugging Face cache (facebook/VGGSfM): using the weight-free "
+        f"{fallback.upper()} tracker (pass --checkpoint FILE, or --tracker vggsfm to download it)",
     )
 
 
@@ -97,14 +99,12 @@ def choose_mode(cfg: ReconstructionConfig, frames: FrameSet) -> str:
     once (the official sparse mode is documented up to 400 frames), the windowed mode keeps memory flat.
 
     Raises:
-        InputError: ``video`` asked for unordered images.
+        InputError: an unknown mode name.
     """
     if cfg.mode == "sparse":
         return "sparse"
     if cfg.mode == "video":
-        if not frames.ordered:
-            # An image folder named in temporal order is a valid video input too; trust the user.
-            pass
+        # an image folder named in temporal order is a valid video input too: trust the user
         return "video"
     if cfg.mode != "auto":
         raise InputError(f"unknown mode {cfg.mode!r}; choose auto, sparse or video")

@@ -1,0 +1,228 @@
+"""SIFT tracks: the matcher against brute force, the conflict-free union-find, the TrackSet contract,
+and accuracy against the real ground-truth cameras of DTU scan24."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vggsfm_ns.config import TrackConfig
+from vggsfm_ns.conventions import corner_to_center, opengl_c2w_to_opencv_w2c
+from vggsfm_ns.errors import InputError
+from vggsfm_ns.tracks.sift import _conflict_free_components, _match_descriptors, _sampson, track_sift
+from vggsfm_ns.types import FrameSet
+
+# ------------------------------------------------------------------------------------------
+# matcher
+# ------------------------------------------------------------------------------------------
+
+
+def _brute_force(d1, d2, ratio, max_dist):
+    """Reference: mutual nearest neighbours + ratio + distance test with plain numpy."""
+    dist = np.sqrt(np.maximum(2 - 2 * d1 @ d2.T, 0))
+    best = dist.argmin(1)
+    back = dist.argmin(0)
+    srt = np.sort(dist, 1)
+    out = set()
+    for i, j in enumerate(best):
+        if back[j] == i and srt[i, 0] < max_dist and srt[i, 0] < ratio * srt[i, 1]:
+            out.add((i, int(j)))
+    return out
+
+
+def _descriptors(seed=0, n_common=300, n1=200, n2=250):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n_common, 128, generator=g) ** 3
+    d1 = torch.cat([base + 0.03 * torch.rand(n_common, 128, generator=g), torch.rand(n1, 128, generator=g) ** 3])
+    d2 = torch.cat([torch.rand(n2, 128, generator=g) ** 3, base + 0.03 * torch.rand(n_common, 128, generator=g)])
+    p1, p2 = torch.randperm(len(d1), generator=g), torch.randperm(len(d2), generator=g)
+    return torch.nn.functional.normalize(d1[p1], dim=1), torch.nn.functional.normalize(d2[p2], dim=1)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_match_descriptors_equals_brute_force(bf16):
+    d1, d2 = _descriptors()
+    ref = _brute_force(d1.double().numpy(), d2.double().numpy(), 0.8, 0.7)
+    m, r = _match_descriptors(d1, d2, 0.8, 0.7, bf16=bf16, block=64, group=16)
+    got = set(map(tuple, m.tolist()))
+    assert len(ref) >= 250
+    if bf16:  # bfloat16 similarities may flip borderline ratio tests
+        assert len(got ^ ref) <= 0.01 * len(ref)
+    else:
+        assert got == ref
+    assert r.shape == (len(m),) and (r < 0.8).all()
+
+
+def test_match_descriptors_guided_band():
+    d1, d2 = _descriptors(n_common=200)
+    rng = np.random.default_rng(0)
+    x1 = torch.from_numpy(rng.uniform(0, 500, (len(d1), 2))).float()
+    x2 = torch.from_numpy(rng.uniform(0, 500, (len(d2), 2))).float()
+    F = np.array([[0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # pure x-translation: same row
+    m, _ = _match_descriptors(d1, d2, 0.8, 0.7, bf16=False, band=(F, x1, x2, 2.0))
+    # every guided match lies within the band (Sampson distance of this F = |dy| / sqrt(2))
+    dy = (x1[m[:, 0], 1] - x2[m[:, 1], 1]).abs()
+    assert (dy <= 2.0 * np.sqrt(2) + 1e-4).all()
+    # and equals brute force restricted to the band
+    d = np.sqrt(np.maximum(2 - 2 * d1.double().numpy() @ d2.double().numpy().T, 0))
+    band = np.abs(x1[:, 1].numpy()[:, None] - x2[:, 1].numpy()[None]) <= 2.0 * np.sqrt(2)
+    d[~band] = 10.0
+    best, back = d.argmin(1), d.argmin(0)
+    srt = np.sort(d, 1)
+    ref = {(i, int(j)) for i, j in enumerate(best) if back[j] == i and srt[i, 0] < 0.7 and (srt[i, 0] < 0.8 * srt[i, 1])}
+    assert set(map(tuple, m.tolist())) == ref
+
+
+def test_match_descriptors_empty():
+    m, r = _match_descriptors(torch.zeros(0, 128), torch.rand(5, 128), 0.8, 0.7, bf16=False)
+    assert m.shape == (0, 2) and r.shape == (0,)
+
+
+def test_conflict_free_components():
+    # nodes: frame 0: 0, 1; frame 1: 2, 3; frame 2: 4, 5
+    frame_of = np.array([0, 0, 1, 1, 2, 2])
+    # good chain 0-2-4, then a wrong edge 1-2 (would put 0 and 1, both in frame 0, together),
+    # then 1-3, 3-5; the wrong edge 4-3 would join two tracks sharing frames 1 and 2
+    edges = np.array([[0, 2], [2, 4], [1, 2], [1, 3], [3, 5], [4, 3]])
+    comp = _conflict_free_components(6, edges, frame_of)
+    assert comp[0] == comp[2] == comp[4]
+    assert comp[1] == comp[3] == comp[5]
+    assert comp[0] != comp[1]
+    # plain connected components would have merged everything
+    many = np.arange(70)  # more frames than a 64-bit mask
+    comp = _conflict_free_components(70, np.stack([many[:-1], many[1:]], 1), many)
+    assert len(set(comp.tolist())) == 1
+
+
+def test_sampson():
+    F = np.array([[0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])
+    x1 = np.array([[10.0, 20.0], [5.0, 5.0]])
+    x2 = np.array([[30.0, 20.0], [9.0, 8.0]])
+    np.testing.assert_allclose(_sampson(F, x1, x2), [0.0, 3.0 / np.sqrt(2)], atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# DTU scan24 (real ground-truth cameras)
+# ------------------------------------------------------------------------------------------
+
+
+def _dtu(root: Path):
+    meta = json.loads((root / "transforms.json").read_text())
+    frames = meta["frames"]
+    paths = [root / f["file_path"] for f in frames]
+    fs = FrameSet(names=[p.name for p in paths], sizes=np.array([[f["w"], f["h"]] for f in frames]), paths=paths)
+    K, E = [], []
+    for f in frames:
+        cx, cy = corner_to_center(np.array([f["cx"], f["cy"]]))  # transforms.json: pixel-corner
+        K.append(np.array([[f["fl_x"], 0, cx], [0, f["fl_y"], cy], [0, 0, 1.0]]))
+        E.append(opengl_c2w_to_opencv_w2c(np.array(f["transform_matrix"])))
+    return fs, K, E
+
+
+def _gt_fundamental(K, E, i, j):
+    """F with ``x_j^T F x_i = 0`` from OpenCV world-to-camera extrinsics."""
+    R = E[j][:, :3] @ E[i][:, :3].T
+    t = E[j][:, 3] - R @ E[i][:, 3]
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    return np.linalg.inv(K[j]).T @ tx @ R @ np.linalg.inv(K[i])
+
+
+@pytest.fixture(scope="module")
+def dtu_tracks(shared_data):
+    root = shared_data / "dtu_scan24"
+    if not (root / "transforms.json").exists():
+        pytest.skip("dtu_scan24 not in the shared data")
+    fs, K, E = _dtu(root)
+    t0, c0 = time.perf_counter(), time.process_time()
+    ts = track_sift(fs, TrackConfig())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"\nSIFT tracks on dtu_scan24 ({len(fs)} x 384^2): {wall:.1f} s wall, {cpu:.1f} s CPU, "
+          f"{ts.num_tracks} tracks, {int((ts.vis > 0.05).sum())} observations")
+    return fs, K, E, ts
+
+
+def test_sift_dtu_contract(dtu_tracks):
+    fs, _, _, ts = dtu_tracks
+    S, N = len(fs), ts.num_tracks
+    assert ts.source == "sift" and ts.score is None
+    assert ts.tracks.shape == (S, N, 2) and ts.vis.shape == (S, N) and ts.query_frames.shape == (N,)
+    assert set(torch.unique(ts.vis).tolist()) <= {0.0, 1.0}
+    assert ts.transforms[0].size == (384, 384) and ts.transforms[0].scale == 1.0
+    vis = ts.vis > 0.05
+    assert (vis[ts.query_frames, torch.arange(N)]).all()  # anchored in its query frame
+    assert (vis.sum(0) >= 3).all()
+    assert (ts.tracks >= -0.5).all() and (ts.tracks <= 383.5).all()
+
+
+def test_sift_dtu_epipolar_accuracy_and_coverage(dtu_tracks):
+    _, K, E, ts = dtu_tracks
+    tr, vis, qf = ts.tracks.numpy().astype(np.float64), ts.vis.numpy() > 0.05, ts.query_frames.numpy()
+    S = tr.shape[0]
+    d = []
+    for f in range(S):
+        for q in np.unique(qf):
+            c = np.nonzero(vis[f] & (qf == q))[0]
+            if f != q and c.size:
+                d.append(_sampson(_gt_fundamental(K, E, q, f), tr[q, c], tr[f, c]))
+    d = np.concatenate(d)
+    counts = vis.sum(1)
+    print(f"\nDTU: {d.size} observations vs GT epipolar geometry: {(d < 2).mean() * 100:.2f} % < 2 px, "
+          f"{(d < 1).mean() * 100:.2f} % < 1 px, median {np.median(d):.3f} px; "
+          f"tracks per frame min {counts.min()} median {int(np.median(counts))}")
+    assert d.size > 20000
+    assert (d < 2.0).mean() >= 0.95
+    assert np.median(d) < 0.5
+    assert counts.min() >= 200
+
+
+# ------------------------------------------------------------------------------------------
+# small synthetic sets: order independence, masks, errors
+# ------------------------------------------------------------------------------------------
+
+
+def _subset(shared_data, idx):
+    root = shared_data / "dtu_scan24"
+    if not (root / "transforms.json").exists():
+        pytest.skip("dtu_scan24 not in the shared data")
+    fs, K, E = _dtu(root)
+    return fs.subset(idx), [K[i] for i in idx], [E[i] for i in idx]
+
+
+def test_sift_small_set_all_pairs_and_masks(shared_data, tmp_path):
+    from PIL import Image
+
+    fs, K, E = _subset(shared_data, [20, 21, 22, 23, 24, 25])
+    box = (150, 150, 250, 250)
+    masks = []
+    for i in range(len(fs)):
+        m = np.zeros((384, 384), np.uint8)
+        m[box[1] : box[3], box[0] : box[2]] = 255
+        Image.fromarray(m).save(tmp_path / f"m{i}.png")
+        masks.append(tmp_path / f"m{i}.png")
+    fs.mask_paths = masks
+    ts = track_sift(fs, TrackConfig(query_frame_num=2, min_visible=100))
+    tr, vis = ts.tracks.numpy(), ts.vis.numpy() > 0.05
+    assert ts.num_tracks > 300
+    ix, iy = np.rint(tr[..., 0]), np.rint(tr[..., 1])
+    inside = (ix >= box[0]) & (ix < box[2]) & (iy >= box[1]) & (iy < box[3])
+    assert not (vis & inside).any()
+    qf = ts.query_frames.numpy()
+    d = np.concatenate([
+        _sampson(_gt_fundamental(K, E, q, f), tr[q, c].astype(np.float64), tr[f, c].astype(np.float64))
+        for f in range(len(fs)) for q in np.unique(qf) for c in [np.nonzero(vis[f] & (qf == q))[0]] if f != q and c.size
+    ])
+    assert (d < 2).mean() >= 0.95
+
+
+def test_sift_bad_input(shared_data):
+    fs, _, _ = _subset(shared_data, [0])
+    with pytest.raises(InputError):
+        track_sift(fs, TrackConfig())
+    fs2, _, _ = _subset(shared_data, [0, 1, 2])
+    with pytest.raises(InputError):
+        track_sift(fs2, TrackConfig(), query_frames=[7])

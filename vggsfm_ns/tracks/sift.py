@@ -1,0 +1,713 @@
+"""SIFT tracks for unordered images: features, matches, two-view verification, multi-view tracks.
+
+Weight-free replacement of the learned VGGSfM tracker for image collections, with the same
+contract (:class:`vggsfm_ns.types.TrackSet`) and the same query-frame structure as the official
+``predict_tracks`` / ``comple_nonvis_frames`` (spec §3.4, §4.3 item 4):
+
+1. **Features**: SIFT on every processed frame (:func:`vggsfm_ns.query.points.extract_sift`,
+   OpenCV, RootSIFT descriptors, at most ``max_features``), none inside dynamic masks. Frames
+   smaller than :data:`SMALL_FRAME` are enlarged for detection only.
+2. **Pairs**: all pairs for small sets; otherwise every frame is matched with its
+   ``num_neighbors`` most similar frames, similarity being the number of mutual-nearest-neighbour
+   matches among the :data:`RETRIEVAL_FEATURES` coarsest features of each frame (a cheap
+   retrieval), plus the maximum spanning tree of that similarity so the pair graph is connected.
+3. **Matching** (:func:`_match_descriptors`): mutual nearest neighbours with Lowe's ratio test,
+   blocked matrix products and reductions (bfloat16 products where the CPU has AVX512-BF16/AMX).
+4. **Verification**: fundamental-matrix LO-RANSAC per pair (poselib); pairs with fewer than
+   ``min_inliers`` inliers are dropped; weakly matched pairs are re-matched inside the epipolar
+   band (guided matching).
+5. **Tracks**: verified matches, most distinctive first, are joined by a union-find that never
+   puts two keypoints of one frame into a track (:func:`_conflict_free_components`). As in
+   VGGSfM, each track is anchored at a keypoint of a *query frame*: the frames are ranked like the
+   official DINO ranking ranks them (the best connected frame, then farthest-point sampling on the
+   match graph), and every track through a query frame is anchored there (at most
+   ``max_query_pts`` per query frame, longest first, spread over the image).
+6. **Complement**: frames that see fewer than ``min_visible`` tracks become query frames in turn
+   (official ``comple_nonvis_frames``), claiming the tracks not taken yet.
+7. **Checks** (:func:`_to_arrays`): observations that disagree with the two-view geometry of
+   their frame and the anchor frame, or with most verified pairs inside their track, are dropped.
+
+All coordinates are pixel-centre ``(x, y)`` in the processed frame
+(:func:`vggsfm_ns.preprocess.resize_transforms` with ``cfg.max_image_size``, no padding).
+Every matrix product and reduction runs on one torch thread per worker, with
+``torch.get_num_threads()`` workers (pairs in parallel).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..config import TrackConfig
+from ..errors import InputError
+from ..progress import PipelineObserver, Stage
+from ..types import FrameSet, TrackSet
+
+#: SIFT features per frame (strongest first).
+MAX_FEATURES = 4096
+#: SIFT DoG contrast threshold (OpenCV units; COLMAP's default ``peak_threshold`` is 0.02 / 3).
+CONTRAST_THRESHOLD = 0.01
+#: Frames whose longer side is below this (processed px) are enlarged to it (at most 2x) for SIFT
+#: detection: more repeatable features, better localisation.
+SMALL_FRAME = 512
+#: Lowe's ratio test on RootSIFT L2 distances (COLMAP's default ``max_ratio``).
+RATIO = 0.8
+#: Largest RootSIFT L2 distance of a match (COLMAP's default ``max_distance``).
+MAX_DISTANCE = 0.7
+#: Epipolar (Sampson) threshold of the two-view RANSAC and the track checks, in processed pixels
+#: per 1024 px of the longer side (at least 1 px): 1.5 px at 1024, 1 px at 683 and below.
+FMAT_THRESHOLD = 1.5
+#: Fewest inliers for a verified pair (COLMAP's default ``min_num_inliers`` is 15; 20 rejects
+#: most false pairs between repeated structures).
+MIN_INLIERS = 20
+#: Pairs whose verified matches are fewer than this fraction of their features are re-matched
+#: inside the epipolar band (guided matching); well-matched pairs gain little from it.
+GUIDED_BELOW = 0.1
+#: Partners per frame when not all pairs are matched.
+NUM_NEIGHBORS = 8
+#: Coarse features per frame used to rank partners.
+RETRIEVAL_FEATURES = 256
+#: Shortest track (frames), capped at the number of frames.
+MIN_TRACK_LENGTH = 3
+
+
+@dataclass
+class _Features:
+    xy: List[np.ndarray] = field(default_factory=list)  # (n_i, 2) float32, pixel centre
+    scale: List[np.ndarray] = field(default_factory=list)
+    desc: List[torch.Tensor] = field(default_factory=list)  # (n_i, 128) float32, unit norm
+    sizes: List[Tuple[int, int]] = field(default_factory=list)  # processed (W, H)
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array([len(x) for x in self.xy], np.int64)
+
+
+def _use_bf16() -> bool:
+    """bfloat16 matrix products are fast (and accurate enough for candidates) with AVX512-BF16 / AMX."""
+    if os.environ.get("VGGSFM_NS_NO_BF16"):
+        return False
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # pragma: no cover - private torch API changed
+            pass
+    return False
+
+
+class _single_threaded_torch:
+    """Run torch ops on one intra-op thread (we parallelise over pairs instead).
+
+    Many small matrix products and reductions are several times faster this way than with an
+    OpenMP team per op, and much faster when the machine is busy.
+    """
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
+def _workers() -> int:
+    """Worker threads: torch's intra-op thread count (2 on CI), read before it is set to 1."""
+    return max(1, min(16, torch.get_num_threads()))
+
+
+def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage) -> _Features:
+    import cv2
+
+    from ..preprocess import load_processed_masks
+    from ..query.points import extract_sift, processed_gray
+
+    def one(i: int):
+        gray = processed_gray(frames, transforms, i)
+        upscale = min(2.0, SMALL_FRAME / max(gray.shape)) if max(gray.shape) < SMALL_FRAME else 1.0
+        xy, scale, desc = extract_sift(
+            gray, max_features=max_features, backend="opencv", contrast_threshold=CONTRAST_THRESHOLD, upscale=upscale
+        )
+        if frames.mask_paths[i] is not None and len(xy):
+            m = load_processed_masks(frames, transforms, [i])[0].numpy()
+            ix = np.clip(np.rint(xy[:, 0]).astype(np.int64), 0, m.shape[1] - 1)
+            iy = np.clip(np.rint(xy[:, 1]).astype(np.int64), 0, m.shape[0] - 1)
+            keep = ~m[iy, ix]
+            xy, scale, desc = xy[keep], scale[keep], desc[keep]
+        return xy, scale, desc, (gray.shape[1], gray.shape[0])
+
+    feats = _Features()
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with ThreadPoolExecutor(_workers()) as ex, _single_threaded_torch():
+            for xy, scale, desc, size in ex.map(one, range(len(frames))):
+                feats.xy.append(xy)
+                feats.scale.append(scale)
+                feats.desc.append(torch.from_numpy(desc))
+                feats.sizes.append(size)
+                stage.advance()
+    finally:
+        cv2.setNumThreads(cv_threads)
+    return feats
+
+
+def _match_descriptors(
+    d1: torch.Tensor,
+    d2: torch.Tensor,
+    ratio: float,
+    max_dist: float,
+    bf16: bool,
+    band: Optional[Tuple[np.ndarray, torch.Tensor, torch.Tensor, float]] = None,
+    block: int = 256,
+    group: int = 64,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours of unit RootSIFT descriptors passing the ratio and distance tests.
+
+    Args:
+        d1: ``(n1, 128)`` float32 unit descriptors; d2: ``(n2, 128)``.
+        ratio: Lowe's ratio on L2 distances (``d = sqrt(2 - 2 s)``, ``s`` the cosine similarity).
+        max_dist: largest L2 distance of a match.
+        bf16: compute the similarities in bfloat16 (the best one is recomputed in float32).
+        band: ``(F, x1 (n1, 2), x2 (n2, 2), threshold)``: only pairs within ``threshold`` px
+            (Sampson) of the epipolar geometry ``x2^T F x1 = 0`` are candidates (guided matching).
+        block, group: rows per block and columns per group of the blocked reductions.
+
+    Returns:
+        ``(m, 2)`` int64 index pairs ``(i1, i2)`` and ``(m,)`` float32 distance ratios
+        (best / second best; 0 without a second candidate).
+
+    The similarity matrix is produced ``block`` rows at a time and reduced while it is in cache:
+    column maxima (for the mutual check) accumulate across blocks; row best / second best come
+    from a two-level reduction over groups of ``group`` columns (``torch.max`` with indices over
+    long rows is several times slower on CPU than ``amax``).
+    """
+    n1, n2 = d1.shape[0], d2.shape[0]
+    if n1 == 0 or n2 == 0:
+        return torch.zeros((0, 2), dtype=torch.int64), torch.zeros(0)
+    pad = (-n2) % group
+    ng = (n2 + pad) // group
+    A = d1.to(torch.bfloat16) if bf16 else d1
+    B = d2.to(torch.bfloat16) if bf16 else d2
+    B = torch.cat([B, torch.zeros((pad, B.shape[1]), dtype=B.dtype)]).T.contiguous() if pad else B.T.contiguous()
+    if band is not None:
+        F, x1, x2, thr = band
+        Ft = torch.from_numpy(F).float()
+        h1 = torch.cat([x1, torch.ones(n1, 1)], 1)
+        h2 = torch.cat([x2, torch.ones(n2, 1)], 1)
+        l2 = h1 @ Ft.T  # epipolar lines of x1 in image 2
+        l1 = h2 @ Ft  # epipolar lines of x2 in image 1
+        den1 = (l2[:, :2] ** 2).sum(1)
+        den2 = (l1[:, :2] ** 2).sum(1)
+        h2t = h2.T.contiguous()
+    best = torch.empty(n1, dtype=torch.int64)
+    v1 = torch.empty(n1)
+    v2 = torch.empty(n1)
+    colmax = torch.full((n2 + pad,), -2.0)
+    for r0 in range(0, n1, block):
+        r1 = min(n1, r0 + block)
+        b = r1 - r0
+        sim = (A[r0:r1] @ B).float()
+        if pad:
+            sim[:, n2:] = -2.0
+        if band is not None:
+            num = (l2[r0:r1] @ h2t) ** 2
+            outside = num > (thr * thr) * (den1[r0:r1, None] + den2[None, :])
+            sim[:, :n2].masked_fill_(outside, -2.0)
+        torch.maximum(colmax, sim.amax(0), out=colmax)
+        s3 = sim.view(b, ng, group)
+        gmax = s3.amax(2)
+        _, gi = gmax.max(1)
+        rows = torch.arange(b)
+        grp = s3[rows, gi]
+        wv, wi = grp.max(1)
+        best[r0:r1] = gi * group + wi
+        v1[r0:r1] = wv
+        grp[rows, wi] = -2.0
+        gmax[rows, gi] = grp.amax(1)
+        v2[r0:r1] = gmax.amax(1)
+    mutual = (colmax[best] <= v1) & (v1 > -1.5)
+    if bf16:
+        v1 = (d1 * d2[best]).sum(1)
+    dist1 = torch.sqrt(torch.clamp(2.0 - 2.0 * v1, min=0.0))
+    dist2 = torch.sqrt(torch.clamp(2.0 - 2.0 * v2, min=0.0))
+    r = dist1 / dist2.clamp(min=1e-12)
+    ok = mutual & (dist1 < max_dist) & ((r < ratio) | (v2 < -1.5))
+    idx = torch.nonzero(ok)[:, 0]
+    return torch.stack([idx, best[idx]], 1), torch.where(v2[idx] < -1.5, torch.zeros_like(r[idx]), r[idx]).float()
+
+
+def _retrieval_scores(feats: _Features, num: int, bf16: bool) -> np.ndarray:
+    """``(S, S)`` number of mutual ratio-test matches among each frame's ``num`` coarsest features.
+
+    A cheap image-similarity for choosing which pairs to match fully: coarse-scale SIFT features
+    are the most repeatable, and a few hundred of them rank partners well.
+    """
+    S = len(feats.xy)
+    subs, valid = [], []
+    for scale, desc in zip(feats.scale, feats.desc):
+        order = np.argsort(-scale, kind="stable")[:num]
+        sub = desc[torch.from_numpy(order)].reshape(-1, 128)
+        ok = torch.ones(num, dtype=torch.bool)
+        if sub.shape[0] < num:  # pad with zero vectors (similarity 0, never a match)
+            ok[sub.shape[0] :] = False
+            sub = torch.cat([sub, torch.zeros((num - sub.shape[0], 128))])
+        subs.append(sub)
+        valid.append(ok)
+    D = torch.stack(subs)  # (S, M, 128)
+    V = torch.stack(valid)  # (S, M)
+    flat = D.reshape(S * num, 128)
+    flat_mm = flat.to(torch.bfloat16) if bf16 else flat
+    scores = np.zeros((S, S), np.float64)
+
+    def one(i: int) -> None:
+        sim = (flat_mm[i * num : (i + 1) * num] @ flat_mm.T).float().reshape(num, S, num)  # (M_i, S, M_j)
+        v1, best = sim.max(2)  # (M_i, S)
+        colmax = sim.amax(0)  # (S, M_j)
+        mutual = v1 >= torch.gather(colmax, 1, best.T).T
+        sim.scatter_(2, best[..., None], -2.0)
+        v2 = sim.amax(2).float()
+        d1 = torch.sqrt(torch.clamp(2.0 - 2.0 * v1.float(), min=0.0))
+        d2 = torch.sqrt(torch.clamp(2.0 - 2.0 * v2, min=0.0))
+        ok = mutual & (d1 < RATIO * d2) & (d1 < MAX_DISTANCE) & V[i][:, None] & torch.gather(V, 1, best.T).T
+        scores[i] = ok.sum(0).numpy()
+
+    with ThreadPoolExecutor(_workers()) as ex, _single_threaded_torch():
+        list(ex.map(one, range(S)))
+    scores = np.minimum(scores, scores.T)
+    np.fill_diagonal(scores, 0)
+    return scores
+
+
+def _select_pairs(feats: _Features, num_neighbors: int, bf16: bool) -> List[Tuple[int, int]]:
+    """Frame pairs ``(i, j)``, ``i < j``, to match: all of them, or retrieval neighbours + a spanning tree."""
+    S = len(feats.xy)
+    if S - 1 <= num_neighbors:
+        return [(i, j) for i in range(S) for j in range(i + 1, S)]
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    scores = _retrieval_scores(feats, RETRIEVAL_FEATURES, bf16)
+    pairs = set()
+    for i in range(S):
+        order = np.argsort(-scores[i], kind="stable")
+        for j in order[:num_neighbors]:
+            if j != i:
+                pairs.add((min(i, int(j)), max(i, int(j))))
+    # connect the graph: maximum spanning tree of the similarity (ties / zeros get a tiny weight)
+    w = scores.max() + 1.0 - scores
+    np.fill_diagonal(w, 0)
+    tree = minimum_spanning_tree(csr_matrix(np.triu(w, 1))).tocoo()
+    for i, j in zip(tree.row, tree.col):
+        pairs.add((min(int(i), int(j)), max(int(i), int(j))))
+    return sorted(pairs)
+
+
+def _match_and_verify(
+    feats: _Features,
+    pairs: Sequence[Tuple[int, int]],
+    bf16: bool,
+    threshold: float,
+    min_inliers: int,
+    seed: int,
+    stage: Stage,
+    guided: bool = True,
+) -> Tuple[Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]], Dict[Tuple[int, int], np.ndarray]]:
+    """Match, verify and re-match every pair; one job per pair on two worker threads.
+
+    1. Mutual nearest neighbours with the ratio test (:func:`_match_descriptors`).
+    2. Fundamental-matrix LO-RANSAC (poselib, Sampson threshold ``threshold`` px); the pair is
+       dropped with fewer than ``min_inliers`` inliers.
+    3. Guided matching (COLMAP's ``guided_matching``) for pairs with few inliers (below
+       :data:`GUIDED_BELOW` of the features): the mutual / ratio test is run again among the
+       candidates inside the epipolar band of that F, which recovers matches that repeated texture
+       hid from the unconstrained ratio test (4x more tracks on the ``kitchen`` scene).
+
+    Returns ``{(i, j): ((m, 2) int64 keypoint index pairs, (m,) ratio-test values)}`` and
+    ``{(i, j): F}`` (``x_j^T F x_i = 0``) for the verified pairs.
+    """
+    import poselib
+
+    xys = [torch.from_numpy(x) for x in feats.xy]
+    ransac = {"max_epipolar_error": float(threshold), "max_iterations": 10000, "min_iterations": 50, "success_prob": 0.9999, "seed": int(seed)}
+
+    def one(pair):
+        i, j = pair
+        m, r = _match_descriptors(feats.desc[i], feats.desc[j], RATIO, MAX_DISTANCE, bf16)
+        m, r = m.numpy(), r.numpy()
+        if len(m) < min_inliers:
+            return pair, None, None
+        F, info = poselib.estimate_fundamental(
+            feats.xy[i][m[:, 0]].astype(np.float64), feats.xy[j][m[:, 1]].astype(np.float64), ransac, {}
+        )
+        inl = np.asarray(info["inliers"], bool)
+        if inl.sum() < min_inliers:
+            return pair, None, None
+        if not guided or inl.sum() >= GUIDED_BELOW * min(len(feats.xy[i]), len(feats.xy[j])):
+            return pair, (m[inl], r[inl]), F
+        g, gr = _match_descriptors(feats.desc[i], feats.desc[j], RATIO, MAX_DISTANCE, bf16, band=(F, xys[i], xys[j], threshold))
+        if len(g) < inl.sum():  # guided matching never loses verified matches
+            return pair, (m[inl], r[inl]), F
+        return pair, (g.numpy(), gr.numpy()), F
+
+    verified: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
+    fmats: Dict[Tuple[int, int], np.ndarray] = {}
+    with ThreadPoolExecutor(_workers()) as ex, _single_threaded_torch():
+        for n, (pair, m, F) in enumerate(ex.map(one, pairs)):
+            if m is not None:
+                verified[pair] = m
+                fmats[pair] = F
+            if n % 16 == 15:
+                stage.advance(16)
+    stage.advance(len(pairs) % 16)
+    return verified, fmats
+
+
+def _sampson(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
+    """Sampson distance (px) of correspondences ``x1 (n, 2)`` -> ``x2 (n, 2)`` under ``x2^T F x1 = 0``."""
+    h1 = np.c_[x1, np.ones(len(x1))]
+    h2 = np.c_[x2, np.ones(len(x2))]
+    Fx1 = h1 @ F.T
+    Ftx2 = h2 @ F
+    num = np.einsum("ij,ij->i", h2, Fx1) ** 2
+    den = Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-30))
+
+
+def _conflict_free_components(num_nodes: int, edges: np.ndarray, frame_of: np.ndarray) -> np.ndarray:
+    """Union-find over ``edges`` (in the given priority order) that never joins two sets sharing a frame.
+
+    A set of keypoints is a track hypothesis; joining two sets that both hold a keypoint of the
+    same frame would make a track see two points in one image, the signature of a wrong match
+    somewhere in the chain. Such an edge is skipped, so one wrong match cannot glue unrelated
+    tracks together (plain connected components can merge thousands of keypoints).
+
+    Args:
+        num_nodes: number of keypoints (all frames).
+        edges: ``(E, 2)`` int64 node pairs, best first.
+        frame_of: ``(num_nodes,)`` frame of each node.
+
+    Returns:
+        ``(num_nodes,)`` int64 component label (the root node id).
+    """
+    parent = list(range(num_nodes))
+    frames = [1 << int(f) for f in frame_of.tolist()]
+
+    def find(a: int) -> int:
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    for a, b in edges.tolist():
+        ra, rb = find(a), find(b)
+        if ra == rb or frames[ra] & frames[rb]:
+            continue
+        parent[rb] = ra
+        frames[ra] |= frames[rb]
+    return np.array([find(a) for a in range(num_nodes)], np.int64)
+
+
+class _TrackBuilder:
+    """Conflict-free union-find components of the verified match graph, as query-anchored tracks."""
+
+    def __init__(self, feats: _Features, verified: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]]):
+        from scipy.sparse import coo_matrix
+
+        counts = feats.counts
+        self.S = len(counts)
+        self.offset = np.concatenate([[0], np.cumsum(counts)])
+        self.total = n = int(self.offset[-1])
+        self.frame_of = np.repeat(np.arange(self.S), counts)
+        self.kp_of = np.arange(n) - self.offset[self.frame_of]
+        edges, prio = [], []
+        for (i, j), (m, r) in verified.items():
+            if len(m):
+                edges.append(np.stack([m[:, 0] + self.offset[i], m[:, 1] + self.offset[j]], 1))
+                prio.append(r)
+        e = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
+        pr = np.concatenate(prio) if prio else np.zeros(0)
+        e = e[np.argsort(pr, kind="stable")]  # most distinctive matches first
+        labels = _conflict_free_components(n, e, self.frame_of)
+        e = e[labels[e[:, 0]] == labels[e[:, 1]]]  # edges inside a track
+        self.edges = e
+        adj = coo_matrix((np.ones(len(e), np.int8), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
+        self.adj = (adj + adj.T).tocsr()
+        self.degree = np.diff(self.adj.indptr)
+        _, self.comp = np.unique(labels, return_inverse=True)
+        self.comp_len = np.bincount(self.comp, weights=(self.degree > 0).astype(np.float64)).astype(np.int64) if n else np.zeros(0, np.int64)
+        self.claimed = np.zeros(len(self.comp_len), bool)
+
+    def anchor_candidates(self, q: int, min_len: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Best keypoint (global node id) of frame ``q`` in each unclaimed component through ``q``.
+
+        Returns ``(nodes, component lengths)``; one node per component (highest degree).
+        """
+        nodes = np.arange(self.offset[q], self.offset[q + 1])
+        nodes = nodes[self.degree[nodes] > 0]
+        comps = self.comp[nodes]
+        keep = (~self.claimed[comps]) & (self.comp_len[comps] >= min_len)
+        nodes, comps = nodes[keep], comps[keep]
+        if nodes.size == 0:
+            return nodes, nodes
+        order = np.lexsort((-self.degree[nodes], comps))
+        nodes, comps = nodes[order], comps[order]
+        first = np.ones(len(comps), bool)
+        first[1:] = comps[1:] != comps[:-1]
+        return nodes[first], self.comp_len[comps[first]]
+
+    def build(self, anchors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Observations of tracks anchored at ``anchors`` (global node ids, distinct components).
+
+        Returns ``obs (S, N)`` int64 node id per frame (-1 = not observed) and ``direct (S, N)``
+        bool (observation matched directly to the anchor).
+        """
+        N = len(anchors)
+        obs = np.full((self.S, N), -1, np.int64)
+        direct = np.zeros((self.S, N), bool)
+        if N == 0:
+            return obs, direct
+        comp_to_track = np.full(len(self.comp_len), -1, np.int64)
+        comp_to_track[self.comp[anchors]] = np.arange(N)
+        self.claimed[self.comp[anchors]] = True
+        members = np.nonzero(comp_to_track[self.comp] >= 0)[0]
+        track = comp_to_track[self.comp[members]]
+        frame = self.frame_of[members]
+        # neighbours of each anchor: direct matches
+        is_direct = np.zeros(self.total, bool)
+        for a in anchors:
+            is_direct[self.adj.indices[self.adj.indptr[a] : self.adj.indptr[a + 1]]] = True
+        # per (track, frame): direct first, then highest degree
+        order = np.lexsort((-self.degree[members], ~is_direct[members], frame, track))
+        members, track, frame = members[order], track[order], frame[order]
+        first = np.ones(len(members), bool)
+        first[1:] = (track[1:] != track[:-1]) | (frame[1:] != frame[:-1])
+        obs[frame[first], track[first]] = members[first]
+        direct[frame[first], track[first]] = is_direct[members[first]]
+        obs[self.frame_of[anchors], np.arange(N)] = anchors
+        direct[self.frame_of[anchors], np.arange(N)] = True
+        return obs, direct
+
+
+def _rank_query_frames(verified: Dict[Tuple[int, int], np.ndarray], S: int, num: int) -> List[int]:
+    """Most connected frame first, then farthest-point sampling on ``1 / (1 + inliers)`` distances."""
+    from ..query.frames import farthest_point_sampling
+
+    W = np.zeros((S, S))
+    for (i, j), (m, _) in verified.items():
+        W[i, j] = W[j, i] = len(m)
+    dist = torch.from_numpy(1.0 / (1.0 + W))
+    start = int(np.argmax(W.sum(1)))
+    return farthest_point_sampling(dist, num, start)
+
+
+def track_sift(
+    frames: FrameSet,
+    cfg: TrackConfig,
+    observer: Optional[PipelineObserver] = None,
+    *,
+    max_features: int = MAX_FEATURES,
+    num_neighbors: int = NUM_NEIGHBORS,
+    fmat_threshold: Optional[float] = None,
+    min_inliers: int = MIN_INLIERS,
+    guided_matching: bool = True,
+    seed: int = 0,
+    query_frames: Optional[Sequence[int]] = None,
+) -> TrackSet:
+    """SIFT tracks over any set of frames, VGGSfM style (query-frame anchored).
+
+    Args:
+        frames: the frames (any order).
+        cfg: track settings. Used: ``max_image_size`` (processed size), ``query_frame_num``,
+            ``query_frame_ranking`` (``midpoint`` / ``interval`` are honoured; ``dino`` is
+            replaced by the match-graph ranking, see module doc), ``max_query_pts`` (tracks per
+            query frame), ``complement_nonvisible`` and ``min_visible``.
+        observer: progress reporting (stage ``"tracks (SIFT)"``).
+        max_features: SIFT features per frame.
+        num_neighbors: partners per frame (all pairs when ``S - 1 <= num_neighbors``).
+        fmat_threshold: epipolar (Sampson) threshold of the two-view RANSAC and of the track
+            checks, processed px; default ``max(1, FMAT_THRESHOLD * long_side / 1024)``.
+        min_inliers: fewest verified matches for a pair to count.
+        guided_matching: re-match each verified pair inside the epipolar band of its F.
+        seed: RANSAC seed.
+        query_frames: explicit first query frames (overrides the ranking).
+
+    Returns:
+        :class:`TrackSet` (``source="sift"``, ``score`` None, ``vis`` 0/1) with the transforms of
+        :func:`vggsfm_ns.preprocess.resize_transforms`. Every track has at least
+        ``min(3, S)`` observations; invisible entries hold the anchor position (meaningless).
+
+    Source: our design; the query-frame / complement structure follows the official
+    ``predict_tracks`` + ``comple_nonvis_frames`` (spec §3.4, §4.3 item 4).
+
+    Raises:
+        InputError: with fewer than 2 frames.
+    """
+    from ..preprocess import resize_transforms
+    from ..query.frames import select_query_frames
+
+    S = len(frames)
+    if S < 2:
+        raise InputError(f"SIFT tracks need at least 2 frames, got {S}")
+    transforms = resize_transforms(frames, cfg.max_image_size)
+    if fmat_threshold is None:
+        long_side = max(max(t.size) for t in transforms)
+        fmat_threshold = max(1.0, FMAT_THRESHOLD * long_side / 1024.0)
+    bf16 = _use_bf16()
+    with Stage(observer, "tracks (SIFT)", total=None) as stage:
+        feats = _extract_all(frames, transforms, max_features, stage)
+        pairs = _select_pairs(feats, num_neighbors, bf16)
+        verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
+        builder = _TrackBuilder(feats, verified)
+        min_len = min(MIN_TRACK_LENGTH, S)
+
+        if query_frames is not None:
+            first = [int(q) for q in query_frames]
+            if any(q < 0 or q >= S for q in first):
+                raise InputError(f"SIFT: query frames {first} out of range for {S} frames")
+        elif cfg.query_frame_ranking in ("midpoint", "interval"):
+            first = [int(v) for v in select_query_frames(S, cfg.query_frame_num, cfg.query_frame_ranking).tolist()]
+        else:
+            first = _rank_query_frames(verified, S, cfg.query_frame_num)
+
+        obs_parts: List[np.ndarray] = []
+        direct_parts: List[np.ndarray] = []
+        qf_parts: List[np.ndarray] = []
+        visible = np.zeros(S, np.int64)
+
+        def claim(q: int) -> None:
+            nodes, lengths = builder.anchor_candidates(q, min_len)
+            if nodes.size == 0:
+                return
+            if nodes.size > cfg.max_query_pts:
+                W, H = feats.sizes[q]
+                keep = _spread_longest(feats.xy[q][builder.kp_of[nodes]], lengths, W, H, cfg.max_query_pts)
+                nodes = nodes[keep]
+            obs, direct = builder.build(nodes)
+            obs_parts.append(obs)
+            direct_parts.append(direct)
+            qf_parts.append(np.full(len(nodes), q, np.int64))
+            visible[:] += (obs >= 0).sum(1)
+
+        used = []
+        for q in dict.fromkeys(first):
+            claim(q)
+            used.append(q)
+        if cfg.complement_nonvisible:
+            while True:
+                deficient = [f for f in np.argsort(visible, kind="stable") if visible[f] < cfg.min_visible and f not in used]
+                if not deficient:
+                    break
+                q = int(deficient[0])
+                used.append(q)
+                claim(q)
+
+    if obs_parts:
+        obs = np.concatenate(obs_parts, 1)
+        direct = np.concatenate(direct_parts, 1)
+        qf = np.concatenate(qf_parts)
+    else:
+        obs = np.full((S, 0), -1, np.int64)
+        direct = np.zeros((S, 0), bool)
+        qf = np.zeros(0, np.int64)
+    tracks, vis = _to_arrays(feats, builder, obs, direct, qf, fmats, fmat_threshold, seed)
+    keep = vis.sum(0) >= min_len
+    tracks, vis, qf = tracks[:, keep], vis[:, keep], qf[keep]
+    return TrackSet(
+        tracks=torch.from_numpy(tracks),
+        vis=torch.from_numpy(vis),
+        score=None,
+        query_frames=torch.from_numpy(qf),
+        transforms=list(transforms),
+        source="sift",
+    )
+
+
+def _spread_longest(xy: np.ndarray, lengths: np.ndarray, W: int, H: int, num: int, cells: int = 8) -> np.ndarray:
+    """Indices of ``num`` anchors: longest tracks first, taken round-robin over a grid of cells."""
+    cx = np.clip((xy[:, 0] * cells / max(W, 1)).astype(np.int64), 0, cells - 1)
+    cy = np.clip((xy[:, 1] * cells / max(H, 1)).astype(np.int64), 0, cells - 1)
+    cell = cy * cells + cx
+    order = np.lexsort((-lengths, cell))  # by cell, longest first within a cell
+    sc = cell[order]
+    first = np.ones(len(sc), bool)
+    first[1:] = sc[1:] != sc[:-1]
+    idx = np.arange(len(sc))
+    start = np.maximum.accumulate(np.where(first, idx, 0))
+    rank = np.empty(len(sc), np.int64)
+    rank[order] = idx - start
+    pick = np.lexsort((-lengths, rank))[:num]
+    return np.sort(pick)
+
+
+def _to_arrays(feats, builder, obs, direct, qf, fmats, threshold, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """``tracks (S, N, 2)`` float32 and ``vis (S, N)`` float32 from node ids, keeping only
+    observations consistent with two-view geometry.
+
+    1. Pairwise vote: an observation in frame ``f`` is dropped when it violates (Sampson distance
+       above ``threshold``) the verified fundamental matrix between ``f`` and the anchor frame, or
+       the majority of the verified pairs it shares with the track's other observations.
+    2. Anchor geometry: for every (anchor frame, frame) with at least :data:`MIN_INLIERS`
+       observations left, a fundamental matrix is fitted (LO-RANSAC) to all of them, direct and
+       chained, and its outliers are dropped. Where there are fewer, an observation that was not
+       matched directly to its anchor needs the support of at least two verified pairs.
+    """
+    import poselib
+
+    S, N = obs.shape
+    all_xy = np.concatenate(feats.xy).astype(np.float32) if builder.total else np.zeros((0, 2), np.float32)
+    seen = obs >= 0
+    tracks = np.zeros((S, N, 2), np.float32)
+    tracks[seen] = all_xy[obs[seen]]
+    cols_all = np.arange(N)
+    anchor_xy = tracks[qf, cols_all] if N else np.zeros((0, 2), np.float32)
+    agree = np.zeros((S, N), np.int32)
+    checked = np.zeros((S, N), np.int32)
+    anchor_bad = np.zeros((S, N), bool)
+    for (i, j), F in fmats.items():
+        cols = np.nonzero(seen[i] & seen[j])[0]
+        if cols.size == 0:
+            continue
+        d = _sampson(F, tracks[i, cols].astype(np.float64), tracks[j, cols].astype(np.float64))
+        good = d <= threshold
+        for f, other in ((i, j), (j, i)):
+            agree[f, cols] += good
+            checked[f, cols] += 1
+            anchor_bad[f, cols[(qf[cols] == other) & ~good]] = True
+    keep = seen & ~anchor_bad & (2 * agree >= checked)
+    keep[qf, cols_all] = seen[qf, cols_all]
+    ransac = {"max_epipolar_error": float(threshold), "max_iterations": 5000, "min_iterations": 50, "success_prob": 0.999, "seed": int(seed)}
+    jobs = []
+    for q in np.unique(qf):
+        tq = np.nonzero(qf == q)[0]
+        for f in range(S):
+            if f == q:
+                continue
+            c = tq[keep[f, tq]]
+            if c.size >= MIN_INLIERS:
+                jobs.append((f, c))
+            elif c.size:
+                weak = ~direct[f, c] & (agree[f, c] < 2)
+                keep[f, c[weak]] = False
+
+    def fit(job):
+        f, c = job
+        _, info = poselib.estimate_fundamental(anchor_xy[c].astype(np.float64), tracks[f, c].astype(np.float64), ransac, {})
+        return f, c, np.asarray(info["inliers"], bool)
+
+    with ThreadPoolExecutor(_workers()) as ex:
+        for f, c, inl in ex.map(fit, jobs):
+            keep[f, c[~inl]] = False
+    vis = keep.astype(np.float32)
+    fill = ~keep
+    tracks[fill] = np.broadcast_to(anchor_xy[None], (S, N, 2))[fill]
+    return tracks, vis
