@@ -143,11 +143,23 @@ def _run_tracker(choice: TrackerChoice, frames: FrameSet, cfg: ReconstructionCon
         return track_sift(frames, cfg.track, observer=observer), None, None
 
 
-def _extra_tracks(choice: TrackerChoice, frames: FrameSet, sfm, tracks: TrackSet, cfg: ReconstructionConfig, device, model) -> Optional[TrackSet]:
-    """Grid tracks for extra points (official ``extra_pt_pixel_interval``), from the same tracker."""
+def _add_extra_points(frames: FrameSet, sfm, cfg: ReconstructionConfig, observer):
+    """Extra points (official ``extra_pt_pixel_interval``): grid tracks guided by the solved model,
+    triangulated against the fixed cameras, chunk by chunk."""
+    from .sfm.extra_points import triangulate_extra_points
     from .tracks.extra import extra_point_tracks
 
-    return extra_point_tracks(choice.name, frames, sfm, tracks, cfg, device=device, model=model)
+    kept_pts, kept_rgb = [], []
+    for chunk in extra_point_tracks(frames, sfm, cfg, observer=observer):
+        sfm = triangulate_extra_points(sfm, chunk, cfg.sfm, frames=frames)
+        if not cfg.sfm.concat_extra_points:
+            kept_pts.append(sfm.stats.pop("extra_points3D"))
+            kept_rgb.append(sfm.stats.pop("extra_points_rgb"))
+    if not cfg.sfm.concat_extra_points:
+        sfm.stats["extra_points3D"] = torch.cat(kept_pts, 0) if kept_pts else torch.zeros(0, 3, dtype=torch.float64)
+        sfm.stats["extra_points_rgb"] = torch.cat(kept_rgb, 0) if kept_rgb else torch.zeros(0, 3, dtype=torch.uint8)
+    sfm.stats["num_extra_points"] = int(sfm.stats["extra_points3D"].shape[0]) if not cfg.sfm.concat_extra_points else int((sfm.point_track_ids < 0).sum())
+    return sfm
 
 
 def reconstruct(
@@ -219,14 +231,10 @@ def reconstruct(
 
         with Stage(obs, "triangulate + BA", timings=timings):
             sfm = reconstruct_from_tracks(tracks, frames, cfg.sfm, cfg.camera, prior=prior, known=known, observer=obs, seed=cfg.seed)
-        if cfg.sfm.extra_pt_pixel_interval > 0:
-            from .sfm.extra_points import triangulate_extra_points
-
-            with Stage(obs, "extra points", timings=timings):
-                extra = _extra_tracks(choice, frames, sfm, tracks, cfg, device, model)
-                if extra is not None and extra.num_tracks > 0:
-                    sfm = triangulate_extra_points(sfm, extra, cfg.sfm, frames=frames)
         del model
+        if cfg.sfm.extra_pt_pixel_interval > 0:
+            with Stage(obs, "extra points", timings=timings):
+                sfm = _add_extra_points(frames, sfm, cfg, obs)
 
     depth = None
     dense_points = None

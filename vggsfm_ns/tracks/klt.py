@@ -670,3 +670,46 @@ def _run_centres(frames_sorted: np.ndarray) -> List[int]:
     starts = np.concatenate([[0], breaks + 1])
     ends = np.concatenate([breaks, [frames_sorted.size - 1]])
     return [int(frames_sorted[(s + e) // 2]) for s, e in zip(starts, ends)]
+
+
+
+def refine_guided(
+    gray_q: np.ndarray,
+    gray_t: np.ndarray,
+    xq: np.ndarray,
+    xt: np.ndarray,
+    neighbours: int = ANCHOR_NEIGHBOURS,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Refine predicted correspondences by aligning affine-warped query patches (wide baselines).
+
+    Used when positions in frame ``t`` are already predicted to within a pixel or so (e.g. from
+    known cameras and depth): each query patch is warped by the local affine map that the
+    neighbouring predictions describe (:func:`_local_affines`) and aligned by Gauss-Newton on
+    translation, gain and bias (:func:`_align_affine_patches`). Translation-only LK is biased by
+    the patch distortion between distant views; this is not.
+
+    Args:
+        gray_q, gray_t: ``(H, W)`` uint8 grey query frame and target frame (processed frames).
+        xq: ``(M, 2)`` pixel-centre points in the query frame.
+        xt: ``(M, 2)`` predicted positions in the target frame.
+        neighbours: predictions that define each point's local affine map.
+
+    Returns:
+        ``(xy (M, 2) float32, ok (M,) bool)``: refined positions; ``ok`` where the alignment
+        converged, stayed within :data:`ANCHOR_MAX_SHIFT` px of the prediction, the neighbourhood
+        gave an affine map and the aligned patches correlate (ZNCC above :data:`ANCHOR_MIN_ZNCC`).
+    """
+    from scipy.spatial import cKDTree
+
+    xq = np.asarray(xq, np.float64).reshape(-1, 2)
+    xt = np.asarray(xt, np.float64).reshape(-1, 2)
+    M = xq.shape[0]
+    if M <= neighbours:
+        return xt.astype(np.float32), np.zeros(M, bool)
+    dist, nn = cKDTree(xq).query(xq, k=neighbours + 1)
+    A, ok_aff = _local_affines(xq, xt, nn[:, 1:], dist[:, 1:])
+    A[~ok_aff] = np.eye(2)
+    ref, good, _ = _align_affine_patches(_float_image(gray_q), _float_image(gray_t), xq, xt, A)
+    H, W = gray_t.shape
+    good &= ok_aff & (np.linalg.norm(ref - xt, axis=1) < ANCHOR_MAX_SHIFT) & _inside(ref, W, H)
+    return ref.astype(np.float32), good
