@@ -11,6 +11,7 @@ Long ordered inputs go through the sliding-window video mode instead of the sing
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,26 @@ def _load_frames(source, cfg: ReconstructionConfig, masks, work_dir, observer, t
         return load_frames(Path(source), masks=masks, num_frames_target=cfg.num_frames_target, work_dir=work_dir, observer=observer)
 
 
+def _resolve_query_method(cfg: ReconstructionConfig, observer, messages: List[str]) -> None:
+    """Fall back from ALIKED to SIFT query points when ALIKED's weights cannot be had (offline, no
+    cache), instead of failing after the expensive stages; says so once."""
+    methods = cfg.track.query_method.split("+")
+    if "aliked" not in methods:
+        return
+    from .checkpoints import resolve_url_file
+    from .errors import CheckpointError
+    from .query.points import ALIKED_FILENAME, ALIKED_URL
+
+    try:
+        resolve_url_file(ALIKED_URL, cfg.track.aliked_weights, ALIKED_FILENAME)
+    except CheckpointError as e:
+        rest = [m for m in methods if m != "aliked"]
+        cfg.track.query_method = "+".join(rest if "sift" in rest else rest + ["sift"])
+        note = f"ALIKED weights unavailable ({e}); using {cfg.track.query_method} query points"
+        observer.message(note, "warning")
+        messages.append(note)
+
+
 def _run_tracker(choice: TrackerChoice, frames: FrameSet, cfg: ReconstructionConfig, device, observer, timings, model=None):
     """Run the chosen track source; returns ``(TrackSet, CameraPrior or None, model or None)``."""
     if choice.name == "vggsfm":
@@ -192,7 +213,9 @@ def reconstruct(
         CheckpointError: the learned tracker was asked for and its checkpoint is unavailable.
         ReconstructionError: the geometry failed as a whole (no initial pair, nothing registered).
     """
-    cfg = config or ReconstructionConfig()
+    # a private copy: fallbacks (e.g. ALIKED -> SIFT query points) must not change the caller's object,
+    # and result.config then records the settings that were actually used
+    cfg = copy.deepcopy(config) if config is not None else ReconstructionConfig()
     obs = Observers([observer]) if not isinstance(observer, Observers) else observer
     timings: dict = {}
     messages: List[str] = []
@@ -226,6 +249,8 @@ def reconstruct(
 
         sfm, tracks = reconstruct_video(frames, cfg, tracker=choice, device=device, known=known, observer=obs, timings=timings)
     else:
+        if choice.name == "vggsfm":
+            _resolve_query_method(cfg, obs, messages)
         tracks, prior, model = _run_tracker(choice, frames, cfg, device, obs, timings)
         from .sfm.backend import reconstruct_from_tracks
 

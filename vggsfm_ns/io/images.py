@@ -45,7 +45,7 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
         a = np.asarray(im)
         a = np.clip(a / max(float(a.max()), 1e-12) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    return np.array(im.convert("RGB"))  # a writable copy (PIL's buffer is read-only)
 
 
 def read_mask(path: Path, size: Tuple[int, int]) -> np.ndarray:
