@@ -97,7 +97,8 @@ def choose_tracker(cfg: ReconstructionConfig, frames: FrameSet) -> TrackerChoice
 def choose_mode(cfg: ReconstructionConfig, frames: FrameSet) -> str:
     """``sparse`` or ``video``. ``auto`` picks ``video`` for ordered frames (a video input) with more
     than ``cfg.video.auto_min_frames`` frames: the single sparse pass holds every frame's tracks at
-    once (the official sparse mode is documented up to 400 frames), the windowed mode keeps memory flat.
+    once and its time grows faster than linearly, the windowed mode keeps memory flat and time linear
+    (crossover measured in ``docs/benchmarks.md``).
 
     Raises:
         InputError: an unknown mode name.
@@ -244,13 +245,13 @@ def reconstruct(
         messages.append(f"intrinsics: {known.source}{' (fixed)' if known.fixed else ''}")
 
     tracks: Optional[TrackSet] = None
+    if choice.name == "vggsfm":
+        _resolve_query_method(cfg, obs, messages)
     if mode == "video":
         from .sfm.video import reconstruct_video
 
         sfm, tracks = reconstruct_video(frames, cfg, tracker=choice, device=device, known=known, observer=obs, timings=timings)
     else:
-        if choice.name == "vggsfm":
-            _resolve_query_method(cfg, obs, messages)
         tracks, prior, model = _run_tracker(choice, frames, cfg, device, obs, timings)
         from .sfm.backend import reconstruct_from_tracks
 
@@ -260,6 +261,8 @@ def reconstruct(
         if cfg.sfm.extra_pt_pixel_interval > 0:
             with Stage(obs, "extra points", timings=timings):
                 sfm = _add_extra_points(frames, sfm, cfg, obs)
+
+    messages.extend(str(m) for m in sfm.stats.get("messages", []))
 
     depth = None
     dense_points = None

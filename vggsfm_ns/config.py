@@ -130,9 +130,11 @@ class VideoConfig:
     """Frames added per window."""
     joint_ba_interval: int = 6
     """Joint bundle adjustment every this many windows."""
-    auto_min_frames: int = 400
-    """``--mode auto`` switches to the video mode for ordered inputs with more frames than this
-    (the official sparse mode is documented up to 400 frames)."""
+    auto_min_frames: int = 150
+    """``--mode auto`` switches to the video mode for ordered inputs with more frames than this.
+    Measured (``docs/benchmarks.md``, video mode): the sparse pass is faster up to about 100 frames,
+    the video mode from about 150 (KLT, 200 frames: 2x faster, a quarter of the memory; the sparse
+    back end's time and memory grow super-linearly with the frames)."""
 
 
 @dataclass

@@ -333,3 +333,62 @@ def noisy_prior(scene: SyntheticScene, rot_deg: float = 3.0, trans_rel: float = 
         x0, y0, x1, y1 = tf.content_box()
         K[s] = [[f, 0, (x0 + x1) / 2 - 0.5], [0, f, (y0 + y1) / 2 - 0.5], [0, 0, 1]]
     return CameraPrior(torch.from_numpy(np.concatenate([R, t[..., None]], -1)), torch.from_numpy(K))
+
+
+def observe_points(
+    points: np.ndarray,
+    extrinsics: np.ndarray,
+    intrinsics: np.ndarray,
+    sizes: np.ndarray,
+    rng: np.random.Generator,
+    extra: Optional[np.ndarray] = None,
+    noise_px: float = 0.5,
+    outlier_ratio: float = 0.1,
+    missing_ratio: float = 0.3,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Observations of ``points`` in some frames with the noise model of :func:`make_scene`.
+
+    The same visibility rule (in front by more than 0.05, inside ``[1, W-1] x [1, H-1]``,
+    ``|u|, |v| < 2`` in normalised coordinates), Gaussian pixel noise, gross outliers displaced by
+    15-60 px in a random direction (kept observed) and randomly missing observations; there are no
+    query frames (every observation is subject to noise). Used to generate long sequences frame by
+    frame (``SyntheticWindowSource.procedural`` in :mod:`vggsfm_ns.sfm.video`) without holding an
+    ``(S, N)`` array.
+
+    Args:
+        points: ``(N, 3)`` float64 world points.
+        extrinsics: ``(F, 3, 4)`` OpenCV cam_from_world of the frames to observe.
+        intrinsics: ``(F, 3, 3)`` K in original pixels, corner convention.
+        sizes: ``(F, 2)`` ``(width, height)``.
+        rng: the random generator (seed it per frame for reproducible frames).
+        extra: ``(F, E)`` distortion parameters or None.
+        noise_px, outlier_ratio, missing_ratio: as in :func:`make_scene`.
+
+    Returns:
+        ``(xy (F, N, 2) float64 observed pixels (corner convention; 0 where not observed),
+        observed (F, N) bool, outlier (F, N) bool)``.
+    """
+    ext = np.asarray(extrinsics, np.float64).reshape(-1, 3, 4)
+    F = ext.shape[0]
+    K = np.asarray(intrinsics, np.float64).reshape(F, 3, 3)
+    sizes = np.asarray(sizes, np.int64).reshape(F, 2)
+    pc = np.einsum("sij,nj->sni", ext[:, :, :3], points) + ext[:, None, :, 3]
+    z = pc[..., 2]
+    uv = pc[..., :2] / np.where(np.abs(z) < 1e-9, 1e-9, z)[..., None]
+    if extra is not None and np.asarray(extra).size:
+        e = np.asarray(extra, np.float64).reshape(F, -1)
+        uvd = np.stack([_distort_np(uv[s], e[s]) for s in range(F)])
+    else:
+        uvd = uv
+    xy = np.einsum("sij,snj->sni", K[:, :2, :2], uvd) + K[:, None, :2, 2]
+    W, H = sizes[:, 0][:, None], sizes[:, 1][:, None]
+    visible = (z > 0.05) & (xy[..., 0] >= 1) & (xy[..., 0] <= W - 1) & (xy[..., 1] >= 1) & (xy[..., 1] <= H - 1)
+    visible &= np.abs(uv).max(-1) < 2.0
+    observed = visible & (rng.random(visible.shape) >= missing_ratio)
+    obs_xy = xy + rng.normal(0, noise_px, xy.shape)
+    outlier = observed & (rng.random(visible.shape) < outlier_ratio)
+    ang = rng.uniform(0, 2 * np.pi, visible.shape)
+    mag = rng.uniform(15.0, 60.0, visible.shape)
+    disp = np.stack([np.cos(ang), np.sin(ang)], -1) * mag[..., None]
+    obs_xy = np.where(outlier[..., None], obs_xy + disp, obs_xy)
+    return np.where(observed[..., None], obs_xy, 0.0), observed, outlier
