@@ -226,3 +226,45 @@ def test_sift_bad_input(shared_data):
     fs2, _, _ = _subset(shared_data, [0, 1, 2])
     with pytest.raises(InputError):
         track_sift(fs2, TrackConfig(), query_frames=[7])
+
+
+def _sampson_band_reference(d1, d2, x1, x2, F, thr):
+    """Brute-force mutual + ratio matching restricted to the Sampson band of ``F``."""
+    d = np.sqrt(np.maximum(2 - 2 * d1.double().numpy() @ d2.double().numpy().T, 0))
+    h1 = np.concatenate([x1.double().numpy(), np.ones((len(x1), 1))], 1)
+    h2 = np.concatenate([x2.double().numpy(), np.ones((len(x2), 1))], 1)
+    l2, l1 = h1 @ F.T, h2 @ F
+    e = l2 @ h2.T
+    den = (l2[:, :2] ** 2).sum(1)[:, None] + (l1[:, :2] ** 2).sum(1)[None]
+    d[e * e > thr * thr * den] = 10.0
+    best, back = d.argmin(1), d.argmin(0)
+    srt = np.sort(d, 1)
+    return {
+        (i, int(j))
+        for i, j in enumerate(best)
+        if back[j] == i and srt[i, 0] < 0.7 and srt[i, 0] < 0.8 * srt[i, 1]
+    }
+
+
+@pytest.mark.parametrize("epipole", ["inside", "outside", "forward"])
+def test_match_in_band_equals_dense_band(epipole):
+    """The blocked band matcher returns exactly the brute-force band-restricted matches for
+    general fundamental matrices (epipole inside the image, outside it, forward motion)."""
+    d1, d2 = _descriptors(n_common=300)
+    rng = np.random.default_rng(3)
+    K = np.array([[400.0, 0, 250], [0, 400.0, 250], [0, 0, 1]])
+    t = {"inside": [0.1, 0.05, 1.0], "outside": [1.0, 0.3, 0.2], "forward": [0.0, 0.0, 1.0]}[epipole]
+    ang = rng.normal(size=3) * 0.05
+    import cv2
+
+    R = cv2.Rodrigues(ang)[0]
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    Kinv = np.linalg.inv(K)
+    F = Kinv.T @ tx @ R @ Kinv
+    F /= np.abs(F).max()
+    x1 = torch.from_numpy(rng.uniform(0, 500, (len(d1), 2))).float()
+    x2 = torch.from_numpy(rng.uniform(0, 500, (len(d2), 2))).float()
+    m, _ = _match_descriptors(d1, d2, 0.8, 0.7, bf16=False, band=(F, x1, x2, 4.0))
+    ref = _sampson_band_reference(d1, d2, x1, x2, F, 4.0)
+    assert len(ref) > 0
+    assert set(map(tuple, m.tolist())) == ref

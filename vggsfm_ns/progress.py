@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,19 +47,32 @@ class ReconstructionSnapshot:
     progress: Optional[tuple] = None
 
 
+def empty_frame_arrays(num_frames: int) -> Tuple[np.ndarray, ...]:
+    """Per-frame arrays of a :class:`ReconstructionSnapshot` for ``S = num_frames`` unregistered frames.
+
+    Returns:
+        ``extrinsics (S, 3, 4)`` float64 identity, ``intrinsics (S, 3, 3)`` float64 identity,
+        ``sizes (S, 2)`` int64 zeros (width, height px), ``registered (S,)`` bool False,
+        ``frame_errors (S,)`` float64 NaN (px), ``frame_observations (S,)`` int64 zeros.
+    """
+    S = int(num_frames)
+    return (
+        np.tile(np.eye(4)[:3], (S, 1, 1)),
+        np.tile(np.eye(3), (S, 1, 1)),
+        np.zeros((S, 2), np.int64),
+        np.zeros(S, bool),
+        np.full(S, np.nan),
+        np.zeros(S, np.int64),
+    )
+
+
 def snapshot_from_reconstruction(recon, names: Sequence[str], label: str, progress: Optional[tuple] = None) -> ReconstructionSnapshot:
     """Build a :class:`ReconstructionSnapshot` from a ``pycolmap.Reconstruction``.
 
     Frames are matched by image name; names absent from the model are unregistered. Intrinsics are
     taken as they are in the model (the caller decides which pixel frame the model is in).
     """
-    S = len(names)
-    ext = np.tile(np.eye(4)[:3], (S, 1, 1))
-    K = np.tile(np.eye(3), (S, 1, 1))
-    sizes = np.zeros((S, 2), np.int64)
-    reg = np.zeros(S, bool)
-    ferr = np.full(S, np.nan)
-    fobs = np.zeros(S, np.int64)
+    ext, K, sizes, reg, ferr, fobs = empty_frame_arrays(len(names))
     by_name = {img.name: img for img in recon.images.values()}
     for i, n in enumerate(names):
         img = by_name.get(n)

@@ -13,7 +13,9 @@ import shlex
 import sys
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Union
+from typing import TYPE_CHECKING, List, Union
+
+from vggsfm_ns._lazy import lazy_getattr
 
 #: ``ns-train`` flag that turns on splatfacto's camera (pose) optimiser (nerfstudio 1.1.5:
 #: ``SplatfactoModelConfig.camera_optimizer: CameraOptimizerConfig``, ``mode`` in off/SO3xR3/SE3).
@@ -41,7 +43,10 @@ def training_commands(output_dir: Union[str, Path]) -> List[str]:
     ]
 
 
-_LAZY = {"VGGSfMDataParserConfig", "VGGSfMDataParser", "DEFAULT_DEPTH_UNIT_SCALE_FACTOR", "read_ply_points"}
+_LAZY = {
+    name: "vggsfm_ns.dataparser.vggsfm_dataparser"
+    for name in ("VGGSfMDataParserConfig", "VGGSfMDataParser", "DEFAULT_DEPTH_UNIT_SCALE_FACTOR", "read_ply_points")
+}
 
 
 def _build_spec():
@@ -77,12 +82,7 @@ class _Package(types.ModuleType):
         self.__dict__["_spec"] = value
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(__name__ + ".vggsfm_dataparser"), name)
-    raise AttributeError(f"module 'vggsfm_ns.dataparser' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 sys.modules[__name__].__class__ = _Package

@@ -13,7 +13,7 @@ Entry points (imported lazily so that ``import vggsfm_ns.depth`` stays cheap):
 
 from __future__ import annotations
 
-from typing import Any
+from vggsfm_ns._lazy import lazy_getattr
 
 _LAZY = {
     "DepthModel": "vggsfm_ns.depth.model",
@@ -37,9 +37,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vggsfm_ns.depth' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -10,7 +10,9 @@ Submodules are imported lazily; ``import vggsfm_ns.query`` loads neither kornia 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vggsfm_ns._lazy import lazy_getattr
 
 _LAZY = {
     "select_query_frames": "vggsfm_ns.query.frames",
@@ -23,12 +25,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vggsfm_ns.query' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -111,6 +111,7 @@ def extract_sift(
     contrast_threshold: float = 0.02,
     upsample: bool = True,
     upscale: float = 1.0,
+    sigma: float = 1.6,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detect and describe SIFT features in one grey image.
 
@@ -145,19 +146,20 @@ def extract_sift(
         h, w = gray.shape
         bw, bh = int(round(w * upscale)), int(round(h * upscale))
         big = cv2.resize(gray, (bw, bh), interpolation=cv2.INTER_LINEAR)
-        xy, scale, desc = extract_sift(big, max_features, backend, contrast_threshold, upsample, 1.0)
+        xy, scale, desc = extract_sift(big, max_features, backend, contrast_threshold, upsample, 1.0, sigma)
         fx, fy = bw / w, bh / h
         xy = np.stack([(xy[:, 0] + 0.5) / fx - 0.5, (xy[:, 1] + 0.5) / fy - 0.5], 1) if len(xy) else xy
         return xy.astype(np.float32), (scale / fx).astype(np.float32), desc
     if backend == "opencv":
         import cv2
 
-        key = ("opencv", int(max_features), float(contrast_threshold))
+        key = ("opencv", int(max_features), float(contrast_threshold), float(sigma))
         with _LOCK:
             sift = _SIFT_CACHE.get(key)
             if sift is None:
                 sift = cv2.SIFT_create(
-                    nfeatures=int(max_features), contrastThreshold=float(contrast_threshold), enable_precise_upscale=True
+                    nfeatures=int(max_features), contrastThreshold=float(contrast_threshold), sigma=float(sigma),
+                    enable_precise_upscale=True,
                 )
                 _SIFT_CACHE[key] = sift
         kps, desc = sift.detectAndCompute(gray, None)

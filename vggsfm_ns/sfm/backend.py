@@ -229,10 +229,15 @@ class _Model:
         reg = self.reg_list()
         if len(reg) < 2:
             return
+        valid = self.obs[reg]
+        if keep_existing:
+            # tracks that keep their point need no new hypothesis (the filter that follows
+            # recomputes their inliers from the kept point)
+            valid = valid & ~self.has_point[None]
         X, cnt, m = triangulate_tracks(
             self.ext[reg],
             self.normalized(reg),
-            valid=self.obs[reg],
+            valid=valid,
             max_ransac_iters=min(max_ransac_iters, TRI_HYPOTHESES),
             lo_num=TRI_LO,
             lo_num_second=TRI_LO_SECOND,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import SfMConfig
-from ..conventions import center_to_corner
+from ..conventions import center_to_corner, corner_to_center
 from ..errors import InputError
 from ..geometry.camera import cam_from_img
 from ..geometry.filtering import filter_points3d
@@ -114,7 +114,7 @@ def _query_colors(frames: Optional[FrameSet], tracks: TrackSet, xy_orig: torch.T
         if img.ndim == 2:
             img = img[..., None].repeat(3, -1)
         H, W = img.shape[:2]
-        p = xy_orig[f, idx[sel]].numpy() - 0.5  # corner -> centre, nearest pixel
+        p = corner_to_center(xy_orig[f, idx[sel]].numpy())  # nearest pixel
         x = np.clip(np.round(p[:, 0]).astype(int), 0, W - 1)
         y = np.clip(np.round(p[:, 1]).astype(int), 0, H - 1)
         out[sel.numpy()] = img[y, x, :3]

@@ -12,7 +12,9 @@ This package imports nothing heavy at import time; the entry points are resolved
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vggsfm_ns._lazy import lazy_getattr
 
 _LAZY = {
     "track_klt": "vggsfm_ns.tracks.klt",
@@ -24,12 +26,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vggsfm_ns.tracks' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover

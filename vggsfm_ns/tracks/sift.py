@@ -35,6 +35,7 @@ Every matrix product and reduction runs on one torch thread per worker, with
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from ..types import FrameSet, TrackSet
 MAX_FEATURES = 4096
 #: SIFT DoG contrast threshold (OpenCV units; COLMAP's default ``peak_threshold`` is 0.02 / 3).
 CONTRAST_THRESHOLD = 0.01
+#: SIFT base blur (OpenCV ``sigma``).
+SIFT_SIGMA = 1.6
 #: Frames whose longer side is below this (processed px) are enlarged to it (at most 2x) for SIFT
 #: detection: more repeatable features, better localisation.
 SMALL_FRAME = 512
@@ -68,6 +71,11 @@ MIN_INLIERS = 20
 #: Pairs whose verified matches are fewer than this fraction of their features are re-matched
 #: inside the epipolar band (guided matching); well-matched pairs gain little from it.
 GUIDED_BELOW = 0.1
+#: Guided matching: rows whose epipolar-line gradient ``|(F x1)_12|^2`` is below this fraction of
+#: the median are compared with every column (their band is wide).
+NARROW_BAND = 0.05
+#: Guided matching: blocks of rows compared at once (padded to the widest of them).
+BAND_GROUP = 8
 #: Partners per frame when not all pairs are matched.
 NUM_NEIGHBORS = 8
 #: Coarse features per frame used to rank partners.
@@ -133,7 +141,8 @@ def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage) 
         gray = processed_gray(frames, transforms, i)
         upscale = min(2.0, SMALL_FRAME / max(gray.shape)) if max(gray.shape) < SMALL_FRAME else 1.0
         xy, scale, desc = extract_sift(
-            gray, max_features=max_features, backend="opencv", contrast_threshold=CONTRAST_THRESHOLD, upscale=upscale
+            gray, max_features=max_features, backend="opencv", contrast_threshold=CONTRAST_THRESHOLD, upscale=upscale,
+            sigma=SIFT_SIGMA,
         )
         if frames.mask_paths[i] is not None and len(xy):
             m = load_processed_masks(frames, transforms, [i])[0].numpy()
@@ -192,21 +201,14 @@ def _match_descriptors(
     n1, n2 = d1.shape[0], d2.shape[0]
     if n1 == 0 or n2 == 0:
         return torch.zeros((0, 2), dtype=torch.int64), torch.zeros(0)
+    if band is not None:
+        F, x1, x2, thr = band
+        return _match_in_band(d1, d2, ratio, max_dist, F, x1, x2, thr)
     pad = (-n2) % group
     ng = (n2 + pad) // group
     A = d1.to(torch.bfloat16) if bf16 else d1
     B = d2.to(torch.bfloat16) if bf16 else d2
     B = torch.cat([B, torch.zeros((pad, B.shape[1]), dtype=B.dtype)]).T.contiguous() if pad else B.T.contiguous()
-    if band is not None:
-        F, x1, x2, thr = band
-        Ft = torch.from_numpy(F).float()
-        h1 = torch.cat([x1, torch.ones(n1, 1)], 1)
-        h2 = torch.cat([x2, torch.ones(n2, 1)], 1)
-        l2 = h1 @ Ft.T  # epipolar lines of x1 in image 2
-        l1 = h2 @ Ft  # epipolar lines of x2 in image 1
-        den1 = (l2[:, :2] ** 2).sum(1)
-        den2 = (l1[:, :2] ** 2).sum(1)
-        h2t = h2.T.contiguous()
     best = torch.empty(n1, dtype=torch.int64)
     v1 = torch.empty(n1)
     v2 = torch.empty(n1)
@@ -217,10 +219,6 @@ def _match_descriptors(
         sim = (A[r0:r1] @ B).float()
         if pad:
             sim[:, n2:] = -2.0
-        if band is not None:
-            num = (l2[r0:r1] @ h2t) ** 2
-            outside = num > (thr * thr) * (den1[r0:r1, None] + den2[None, :])
-            sim[:, :n2].masked_fill_(outside, -2.0)
         torch.maximum(colmax, sim.amax(0), out=colmax)
         s3 = sim.view(b, ng, group)
         gmax = s3.amax(2)
@@ -236,12 +234,164 @@ def _match_descriptors(
     mutual = (colmax[best] <= v1) & (v1 > -1.5)
     if bf16:
         v1 = (d1 * d2[best]).sum(1)
+    return _ratio_test(best, v1, v2, mutual, ratio, max_dist)
+
+
+def _ratio_test(best, v1, v2, mutual, ratio, max_dist) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Index pairs and distance ratios of the rows passing the mutual, distance and ratio tests.
+
+    ``best (n1,)`` column of each row's best similarity ``v1``, ``v2`` the second best (``< -1.5``:
+    none), ``mutual (n1,)`` bool.
+    """
     dist1 = torch.sqrt(torch.clamp(2.0 - 2.0 * v1, min=0.0))
     dist2 = torch.sqrt(torch.clamp(2.0 - 2.0 * v2, min=0.0))
     r = dist1 / dist2.clamp(min=1e-12)
     ok = mutual & (dist1 < max_dist) & ((r < ratio) | (v2 < -1.5))
     idx = torch.nonzero(ok)[:, 0]
     return torch.stack([idx, best[idx]], 1), torch.where(v2[idx] < -1.5, torch.zeros_like(r[idx]), r[idx]).float()
+
+
+def _match_in_band(
+    d1: torch.Tensor,
+    d2: torch.Tensor,
+    ratio: float,
+    max_dist: float,
+    F: np.ndarray,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    thr: float,
+    block: int = 64,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_match_descriptors` restricted to the epipolar band (guided matching), without the
+    dense ``(n1, n2)`` band test.
+
+    Same result as masking the full similarity matrix with the Sampson test
+    ``(x2^T F x1)^2 <= thr^2 (|(F x1)_12|^2 + |(F^T x2)_12|^2)``, but only similarities of pairs
+    that can be inside the band are computed:
+
+    1. the rows' epipolar lines in image 2, ``l_i = F x1_i`` scaled to unit normal, belong to the
+       pencil through the epipole; rows are sorted by their angle in that pencil (for an epipole
+       at infinity: by offset), so a block of consecutive rows (split where the pencil has a gap)
+       holds nearly the same lines;
+    2. for a block with centre line ``c`` and smallest
+       ``|(F x1_i)_12|^2 = m``, column ``j`` (``h_j = (x2_j, 1)``) is outside the band of every row
+       when ``|c . h_j| - D_n |x2_j| - D_c > thr sqrt(1 + |(F^T x2_j)_12|^2 / m)``, with ``D_n`` and
+       ``D_c`` the largest differences of the block's unit normals and offsets (px) from ``c``'s
+       (Cauchy-Schwarz), a test of all blocks against all columns in one ``(blocks, 3) x (3, n2)``
+       product;
+    3. each block's candidate columns get exact float32 similarities and the exact band test.
+
+    Coordinates are centred first (Sampson distances do not change under translations), which
+    keeps ``|h_j|`` and so the bound small. Rows whose line is undefined (``x1`` at the epipole)
+    and rows whose ``|(F x1_i)_12|^2`` is below :data:`NARROW_BAND` times the median (``x1`` near the
+    epipole: a wide band) are compared with every column.
+
+    Returns ``(m, 2)`` int64 index pairs and ``(m,)`` float32 distance ratios, as
+    :func:`_match_descriptors`.
+    """
+    n1, n2 = d1.shape[0], d2.shape[0]
+    x1d = x1.to(torch.float64)
+    x2d = x2.to(torch.float64)
+    c1 = x1d.mean(0)
+    c2 = x2d.mean(0)
+    T1 = torch.eye(3, dtype=torch.float64)
+    T1[:2, 2] = c1
+    T2 = torch.eye(3, dtype=torch.float64)
+    T2[:2, 2] = c2
+    Fc = T2.T @ torch.from_numpy(np.asarray(F, np.float64)) @ T1  # F in centred coordinates
+    h1 = torch.cat([x1d - c1, torch.ones(n1, 1, dtype=torch.float64)], 1)
+    h2 = torch.cat([x2d - c2, torch.ones(n2, 1, dtype=torch.float64)], 1)
+    l2 = h1 @ Fc.T  # (n1, 3) epipolar lines of x1 in image 2
+    l1 = h2 @ Fc  # (n2, 3) epipolar lines of x2 in image 1
+    den1 = l2[:, 0] ** 2 + l2[:, 1] ** 2
+    den2 = l1[:, 0] ** 2 + l1[:, 1] ** 2
+    thr2 = float(thr) ** 2
+    h2t = h2.T.contiguous()
+
+    # rows near the epipole of image 1 have wide bands (their line barely constrains x2): all columns
+    has_line = den1 > NARROW_BAND * float(den1.median()) if n1 else den1 > 0
+    lines = l2 / den1.clamp_min(1e-300).sqrt()[:, None]
+    # order the rows along the pencil of lines through the epipole, in coordinates scaled to about
+    # [-1, 1] so that lines far apart in the image are far apart in the pencil
+    sc = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) * float(h2[:, :2].abs().max().clamp_min(1.0))
+    sc[2] = 1.0
+    U = torch.linalg.svd(sc[:, None] * Fc)[0]  # its first two columns span the scaled lines
+    scaled = l2 * sc
+    theta = torch.atan2(scaled @ U[:, 1], scaled @ U[:, 0])
+    flip = theta < 0
+    theta = torch.where(flip, theta + math.pi, theta)
+    lines = torch.where(flip[:, None], -lines, lines)
+    best = torch.zeros(n1, dtype=torch.int64)
+    v1 = torch.full((n1,), -2.0)
+    v2 = torch.full((n1,), -2.0)
+    colmax = torch.full((n2 + 1,), -2.0)  # the last entry collects padding
+    d2p = torch.cat([d2, torch.zeros(1, d2.shape[1], dtype=d2.dtype)])
+    h2p = torch.cat([h2, torch.zeros(1, 3, dtype=torch.float64)])
+    den2p = torch.cat([den2, torch.zeros(1, dtype=torch.float64)])
+
+    def compare(idx: torch.Tensor, valid: torch.Tensor, cols: torch.Tensor, cvalid: torch.Tensor) -> None:
+        """Rows ``idx (nb, b)`` against their block's columns ``cols (nb, c)`` (padding: ``valid``,
+        ``cvalid`` False; padded columns point at index ``n2``)."""
+        e = torch.bmm(l2[idx], h2p[cols].transpose(1, 2))
+        outside = e * e > thr2 * (den1[idx][..., None] + den2p[cols][:, None, :])
+        outside |= ~(valid[..., None] & cvalid[:, None, :])
+        sim = torch.bmm(d1[idx], d2p[cols].transpose(1, 2))
+        sim.masked_fill_(outside, -2.0)
+        colmax.scatter_reduce_(0, cols.flatten(), sim.amax(1).flatten(), reduce="amax")
+        wv, wi = sim.max(2)
+        sim.scatter_(2, wi[..., None], -2.0)
+        second = sim.amax(2)
+        rows = idx[valid]
+        best[rows] = torch.gather(cols, 1, wi)[valid]
+        v1[rows] = wv[valid]
+        v2[rows] = second[valid]
+
+    good = torch.nonzero(has_line).flatten()
+    if good.numel():
+        th, order = torch.sort(theta[good])
+        order = good[order]
+        # blocks of at most `block` consecutive rows, never across a gap in the pencil (no lines
+        # between two groups of rows: putting them in one block would widen its band)
+        n = order.numel()
+        seg = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.int64), (th.diff() > 20.0 * math.pi / n).long()]), 0)
+        seg_start = torch.zeros(int(seg[-1]) + 1, dtype=torch.int64).scatter_reduce_(0, seg, torch.arange(n), "amin", include_self=False)
+        key = seg * (n + 1) + (torch.arange(n) - seg_start[seg]) // block
+        blk = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.int64), (key.diff() != 0).long()]), 0)
+        nb = int(blk[-1]) + 1
+        pos = torch.arange(n) - torch.zeros(nb, dtype=torch.int64).scatter_reduce_(0, blk, torch.arange(n), "amin", include_self=False)[blk]
+        idx = torch.zeros(nb, block, dtype=torch.int64)
+        valid = torch.zeros(nb, block, dtype=torch.bool)
+        idx[blk, pos] = order
+        valid[blk, pos] = True
+        centre = lines[idx[torch.arange(nb), valid.sum(1) // 2]]  # (nb, 3)
+        diff = lines[idx] - centre[:, None]  # (nb, block, 3)
+        zero = torch.zeros((), dtype=torch.float64)
+        spread_n = torch.where(valid, diff[..., :2].norm(dim=2), zero).amax(1)  # unit normals
+        spread_c = torch.where(valid, diff[..., 2].abs(), zero).amax(1)  # offsets (px)
+        dmin = torch.where(valid, den1[idx], torch.full((), math.inf, dtype=torch.float64)).amin(1)
+        lhs = (centre @ h2t).abs() - spread_n[:, None] * h2[:, :2].norm(dim=1)[None] - spread_c[:, None]
+        rhs = float(thr) * (1.0 + den2[None] / dmin[:, None]).sqrt()
+        cand = lhs <= rhs * (1.0 + 1e-9) + 1e-9  # (nb, n2): may be inside the band of a row of the block
+        counts = cand.sum(1)
+        nrows = valid.sum(1)
+        # blocks with similar candidate counts together, so that little is padded
+        by_count = torch.argsort(counts * (block + 1) + nrows)
+        for g in range(0, nb, BAND_GROUP):
+            sel = by_count[g : g + BAND_GROUP]
+            width = int(counts[sel].max())
+            if width == 0:
+                continue
+            height = int(nrows[sel].max())
+            cols = torch.argsort((~cand[sel]).to(torch.int8), dim=1, stable=True)[:, :width]  # candidates first
+            cvalid = torch.arange(width)[None] < counts[sel][:, None]
+            compare(idx[sel, :height], valid[sel, :height], torch.where(cvalid, cols, n2), cvalid)
+    rest = torch.nonzero(~has_line).flatten()
+    if rest.numel():
+        compare(rest[None], torch.ones(1, rest.numel(), dtype=torch.bool), torch.arange(n2)[None], torch.ones(1, n2, dtype=torch.bool))
+    colmax = colmax[:n2]
+    best.clamp_(max=n2 - 1)  # rows without candidates (v1 = -2, never mutual)
+    mutual = (colmax[best] <= v1) & (v1 > -1.5)
+    return _ratio_test(best, v1, v2, mutual, ratio, max_dist)
 
 
 def _retrieval_scores(feats: _Features, num: int, bf16: bool) -> np.ndarray:

@@ -9,7 +9,9 @@ Importing this package is cheap: viser and the drawing code load on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vggsfm_ns._lazy import lazy_getattr
 
 _LAZY = {
     "start_live_viewer": "vggsfm_ns.viewer.live",
@@ -23,12 +25,7 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'vggsfm_ns.viewer' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..conventions import opengl_c2w_to_opencv_w2c
 from ..errors import InputError
-from ..progress import ReconstructionSnapshot, snapshot_from_reconstruction
+from ..progress import ReconstructionSnapshot, empty_frame_arrays, snapshot_from_reconstruction
 
 #: nerfstudio's assumption for a COLMAP dataset without ``applied_transform`` (nerfstudio_dataparser.py).
 _LEGACY_APPLIED = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
@@ -194,13 +194,7 @@ def load_dataset(path: Union[str, Path]) -> LoadedDataset:
 
 
 def _snapshot_from_transforms(meta, meta_frames, names, rep_frames, data_dir: Path, json_path: Path, label: str) -> ReconstructionSnapshot:
-    S = len(names)
-    ext = np.tile(np.eye(4)[:3], (S, 1, 1))
-    K = np.tile(np.eye(3), (S, 1, 1))
-    sizes = np.zeros((S, 2), np.int64)
-    reg = np.zeros(S, bool)
-    ferr = np.full(S, np.nan)
-    fobs = np.zeros(S, np.int64)
+    ext, K, sizes, reg, ferr, fobs = empty_frame_arrays(len(names))
     for i, n in enumerate(names):
         rep = rep_frames.get(n, {})
         if isinstance(rep.get("mean_reproj_error_px"), (int, float)):
