@@ -275,3 +275,22 @@ def test_nothing_registered(tmp_path):
     with pytest.raises(ReconstructionError, match="no frame was registered"):
         export_nerfstudio(res, tmp_path / "scene")
     assert not (tmp_path / "scene").exists()
+
+
+def test_summary_total_is_the_sum_of_the_stages(tmp_path):
+    """reconstruct()'s own ``timings["total"]`` is not a stage: the summary's total adds the stages
+    (export included) once."""
+    import io
+
+    from rich.console import Console
+
+    from vggsfm_ns.report import print_summary
+
+    res = make_scene(tmp_path, n_frames=6)
+    res.timings = {"frames": 1.0, "tracks": 2.0, "triangulate + BA": 3.0, "total": 5.5, "export": 0.5}
+    buf = io.StringIO()
+    print_summary(res, console=Console(file=buf, width=120, color_system=None))
+    rows = [line.strip("│┃ ").split("│") for line in buf.getvalue().splitlines() if "│" in line]
+    cells = {r[0].strip(): r[1].strip() for r in rows if len(r) >= 2}
+    assert cells["total"] == "6.5 s"
+    assert cells["export"] == "0.5 s" and cells["tracks"] == "2.0 s"

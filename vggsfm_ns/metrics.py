@@ -87,6 +87,7 @@ class PoseMetrics:
     num_pairs: int
 
     def as_dict(self) -> Dict[str, float]:
+        """Flat ``{"RRA@5": ..., "RTA@5": ..., "AUC@30": ..., "pairs": ...}``."""
         out = {f"RRA@{t}": v for t, v in self.rra.items()}
         out.update({f"RTA@{t}": v for t, v in self.rta.items()})
         out.update({f"AUC@{t}": v for t, v in self.auc.items()})

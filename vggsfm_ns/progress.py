@@ -239,6 +239,7 @@ class Stage:
         return self
 
     def advance(self, n: int = 1, note: Optional[str] = None) -> None:
+        """``n`` more steps done (``note``: shown beside the bar)."""
         self.observer.stage_advanced(self.name, n, note)
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -87,6 +87,7 @@ class FrameSet:
 
     @property
     def has_masks(self) -> bool:
+        """True when at least one frame has a dynamic-object mask."""
         return any(p is not None for p in self.mask_paths)
 
     def subset(self, indices: Sequence[int]) -> "FrameSet":
@@ -142,10 +143,12 @@ class TrackSet:
 
     @property
     def num_frames(self) -> int:
+        """``S``."""
         return int(self.tracks.shape[0])
 
     @property
     def num_tracks(self) -> int:
+        """``N``."""
         return int(self.tracks.shape[1])
 
     def valid_mask(self, vis_thresh: float = 0.05, score_thresh: float = 0.5) -> torch.Tensor:

@@ -183,10 +183,12 @@ class AlignmentFit:
 
     @property
     def num_samples(self) -> int:
+        """Sparse depth samples the fit saw."""
         return int(self.target.shape[0])
 
     @property
     def num_inliers(self) -> int:
+        """Samples the RANSAC fit kept."""
         return int(self.inlier_mask.sum())
 
 

@@ -96,6 +96,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., in_features]`` -> ``[..., out_features]`` (fc1, GELU, fc2)."""
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -157,6 +158,8 @@ class AttnBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
+        """``[B, L, hidden_size]`` -> same shape. ``chunk``: most tokens per slice of the batch (memory
+        bound; the result does not depend on it); ignored in exact mode."""
         B, L, _ = x.shape
         slices = _token_slices(B, L, None if self.exact else max(chunk, L) if chunk is not None else None)
         if len(slices) == 1:
@@ -209,6 +212,8 @@ class CrossAttnBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
+        """Queries ``[B, Lq, hidden_size]`` attend to ``context [B, Lk, context_dim]``; returns
+        ``[B, Lq, hidden_size]``. ``chunk`` as in :meth:`AttnBlock.forward`."""
         B, Lq, C = x.shape
         slices = _token_slices(B, Lq, None if self.exact else chunk)
         if len(slices) == 1:
@@ -250,6 +255,7 @@ class ResidualBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride), nn.InstanceNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_planes, H, W]`` -> ``[B, planes, H // stride, W // stride]``."""
         y = F.relu(F.instance_norm(self.conv1(x)), inplace=True)
         y = F.relu(F.instance_norm(self.conv2(y)), inplace=True)
         if self.downsample is not None:
@@ -285,6 +291,7 @@ class BasicEncoder(nn.Module):
         self.conv3 = nn.Conv2d(output_dim * 2, output_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, input_dim, H, W]`` -> ``[B, output_dim, H // stride, W // stride]``."""
         H, W = x.shape[-2:]
         size = (H // self.stride, W // self.stride)
         x = F.relu(F.instance_norm(self.conv1(x)), inplace=True)
@@ -317,6 +324,7 @@ class ShallowEncoder(nn.Module):
         self.conv2 = nn.Conv2d(output_dim, output_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, input_dim, P, P]`` -> ``[B, output_dim, P // stride, P // stride]``."""
         H, W = x.shape[-2:]
         x = F.relu(F.instance_norm(self.conv1(x)), inplace=True)
         t = self.layer1(x)

@@ -124,6 +124,9 @@ class DinoBackbone(nn.Module):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` ImageNet-normalised images (H, W multiples of 14) -> patch tokens
+        ``[B, (H / 14) (W / 14), 768]`` after the final layer norm (class and register tokens dropped),
+        as the official ``forward_features(...)["x_norm_patchtokens"]``."""
         out = self.hf(pixel_values=x)
         return out.last_hidden_state[:, 1 + self.hf.config.num_register_tokens :]
 

@@ -226,6 +226,7 @@ class WindowTracks:
 
     @property
     def num_tracks(self) -> int:
+        """``N``, the number of tracks."""
         return int(self.xy.shape[1])
 
     @staticmethod
@@ -806,6 +807,7 @@ class _Pending:
 
     @property
     def num_tracks(self) -> int:
+        """``N``, the number of tracks."""
         return int(self.xy.shape[1])
 
     @property

@@ -82,6 +82,7 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
+        """Flush the encoder and close the file (called by ``__exit__``)."""
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
