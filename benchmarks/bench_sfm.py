@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vggsfm_ns.metrics import evaluate_poses, load_reference_poses  # noqa: E402

@@ -105,7 +105,6 @@ def _import_official(src: Path):
 
 
 def _build_official(src: Path):
-    import torch
     import torch.nn as nn
 
     blocks, btp, refine, tpm = _import_official(src)
@@ -210,7 +209,7 @@ def worker(args) -> dict:
         for rep in range(args.repeats):
             with _PeakRSS() as mem:
                 sync()
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0 = time.perf_counter()
                 if impl == "official":
                     fmaps = tp.process_images_to_fmaps(images)
                 else:

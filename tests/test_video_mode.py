@@ -237,7 +237,6 @@ def _orbit_with_rotation(S=176, rot=(64, 112)) -> np.ndarray:
 
 def test_rotation_only_stretch_warns_and_registers():
     ext = _orbit_with_rotation()
-    S = ext.shape[0]
     scene = make_scene(num_points=800, trajectory=ext, seed=5)
     obs = Recorder()
     res, _ = V.reconstruct_video(synthetic_frames(scene), video_cfg(), None, CPU, observer=obs,
@@ -270,8 +269,6 @@ class _FakeLearned:
     with 0.5 deg / 1 % noise."""
 
     def __init__(self, scene):
-        from scipy.spatial import cKDTree  # noqa: F401
-
         ts = scene.tracks
         tr = center_to_corner(ts.tracks.double().numpy())
         self.xy = np.stack([ts.transforms[s].proc_to_orig(tr[s], "corner") for s in range(ts.num_frames)])

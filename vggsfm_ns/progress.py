@@ -8,7 +8,7 @@ the viser viewer (``vggsfm_ns.viewer``) is another observer that receives
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

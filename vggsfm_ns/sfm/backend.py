@@ -411,19 +411,26 @@ class _Model:
         """Pose refinement of frame ``i`` from its current pose (and its intrinsics when it is alone
         in its camera group and they are not fixed); True if accepted."""
         import pycolmap
-        from ..geometry.camera import from_colmap_params
 
         cam = self._camera(i)
-        own = self.group_size(i) == 1 and not self.fixed
-        o = pycolmap.AbsolutePoseRefinementOptions()
-        o.refine_focal_length = own
-        o.refine_extra_params = own and self.E > 0
-        o.print_summary = False
+        o = self._refinement_options(i)
         with cb.quiet_glog():
             ans = pycolmap.refine_absolute_pose(cb.rigid(self.ext[i].numpy()), points2d, points3d, inlier, cam, o)
         if ans is None:
             return False
-        ext = ans["cam_from_world"].matrix()
+        return self._accept_pose(i, ans["cam_from_world"].matrix(), cam, max_t)
+
+    def _refinement_options(self, i: int):
+        """Pose refinement options for frame ``i``: its intrinsics are refined only when it is alone
+        in its camera group and they are not fixed."""
+        own = self.group_size(i) == 1 and not self.fixed
+        return cb.pose_refinement_options(own, own and self.E > 0)
+
+    def _accept_pose(self, i: int, ext: np.ndarray, cam, max_t: float) -> bool:
+        """Store ``ext`` (cam_from_world ``(3, 4)``) and the camera ``cam`` for frame ``i`` if they
+        pass :func:`valid_frame_mask`; True if stored."""
+        from ..geometry.camera import from_colmap_params
+
         K, e = from_colmap_params(self.camera_type, cam.params)
         if not self._frame_ok(i, ext, K, e if self.E else None, max_t):
             return False
@@ -437,7 +444,6 @@ class _Model:
         length is estimated only for a frame alone in its camera group (COLMAP estimates it for
         cameras without a prior focal)."""
         import pycolmap
-        from ..geometry.camera import from_colmap_params
 
         if points2d.shape[0] < max(min_corr, 4):
             return None
@@ -450,24 +456,14 @@ class _Model:
         est.estimate_focal_length = own
         est.ransac.max_error = POSE_MAX_ERROR
         est.ransac.random_seed = int(self.seed) + i
-        ref = pycolmap.AbsolutePoseRefinementOptions()
-        ref.refine_focal_length = own
-        ref.refine_extra_params = own and self.E > 0
-        ref.print_summary = False
         with cb.quiet_glog():
-            ans = pycolmap.estimate_and_refine_absolute_pose(points2d, points3d, cam, est, ref)
+            ans = pycolmap.estimate_and_refine_absolute_pose(points2d, points3d, cam, est, self._refinement_options(i))
         if ans is None:
             return None
         n = int(ans["num_inliers"])
         if n < min_inliers or n < MIN_PNP_INLIER_RATIO * points2d.shape[0]:
             return None
-        ext = ans["cam_from_world"].matrix()
-        K, e = from_colmap_params(self.camera_type, cam.params)
-        if not self._frame_ok(i, ext, K, e if self.E else None, max_t):
-            return None
-        self.ext[i] = torch.from_numpy(ext)
-        self._set_camera(i, cam)
-        return n
+        return n if self._accept_pose(i, ans["cam_from_world"].matrix(), cam, max_t) else None
 
     def correspondences(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
         m = self.obs[i] & self.has_point
@@ -541,10 +537,7 @@ class _Model:
             fits = []
             for own in (False, True):
                 cam = self._camera(i)
-                o = pycolmap.AbsolutePoseRefinementOptions()
-                o.refine_focal_length = own
-                o.refine_extra_params = own and self.E > 0
-                o.print_summary = False
+                o = cb.pose_refinement_options(own, own and self.E > 0)
                 with cb.quiet_glog():
                     ans = pycolmap.refine_absolute_pose(cb.rigid(self.ext[i].numpy()), p2, p3, mask, cam, o)
                 if ans is None:

@@ -180,6 +180,18 @@ def read_back(built: BuiltModel, camera_type: str, extrinsics: np.ndarray, K: np
     return ext, K, extra, pts
 
 
+def pose_refinement_options(refine_focal: bool, refine_extra: bool = False):
+    """Quiet ``pycolmap.AbsolutePoseRefinementOptions`` (pose always refined; the focal length and
+    the extra (distortion) parameters only when asked)."""
+    import pycolmap
+
+    o = pycolmap.AbsolutePoseRefinementOptions()
+    o.refine_focal_length = bool(refine_focal)
+    o.refine_extra_params = bool(refine_extra)
+    o.print_summary = False
+    return o
+
+
 def ba_options(max_iterations: int = 50, function_tolerance: float = 0.0, refine_intrinsics: bool = True, refine_extra: bool = True, official_prepare: bool = True):
     """``pycolmap.BundleAdjustmentOptions`` as the official ``prepare_ba_options``.
 

@@ -726,7 +726,7 @@ def _pnp(camera, p2: np.ndarray, p3: np.ndarray, max_error: float, seed: int) ->
     import pycolmap
 
     from .backend import MIN_PNP_CORRESPONDENCES, MIN_PNP_INLIER_RATIO, MIN_PNP_INLIERS, POSE_MAX_POINTS
-    from .colmap_build import quiet_glog
+    from .colmap_build import pose_refinement_options, quiet_glog
 
     n = p2.shape[0]
     if n < max(MIN_PNP_CORRESPONDENCES, 4):
@@ -738,12 +738,9 @@ def _pnp(camera, p2: np.ndarray, p3: np.ndarray, max_error: float, seed: int) ->
     est.estimate_focal_length = False
     est.ransac.max_error = float(max_error)
     est.ransac.random_seed = int(seed)
-    ref = pycolmap.AbsolutePoseRefinementOptions()
-    ref.refine_focal_length = False
-    ref.refine_extra_params = False
-    ref.print_summary = False
     with quiet_glog():
-        ans = pycolmap.estimate_and_refine_absolute_pose(np.ascontiguousarray(p2), np.ascontiguousarray(p3), camera, est, ref)
+        ans = pycolmap.estimate_and_refine_absolute_pose(np.ascontiguousarray(p2), np.ascontiguousarray(p3), camera, est,
+                                                         pose_refinement_options(False))
     if ans is None:
         return None
     k = int(ans["num_inliers"])
@@ -761,7 +758,7 @@ def _refine_pose(camera, init: np.ndarray, p2: np.ndarray, p3: np.ndarray, max_e
 
     from ..geometry.filtering import reprojection_errors
     from .backend import MIN_PNP_INLIERS
-    from .colmap_build import quiet_glog, rigid
+    from .colmap_build import pose_refinement_options, quiet_glog, rigid
 
     if p2.shape[0] < MIN_PNP_INLIERS:
         return None
@@ -778,12 +775,9 @@ def _refine_pose(camera, init: np.ndarray, p2: np.ndarray, p3: np.ndarray, max_e
     m = inliers(init)
     if m.sum() < MIN_PNP_INLIERS:
         m = np.ones(p2.shape[0], bool)
-    o = pycolmap.AbsolutePoseRefinementOptions()
-    o.refine_focal_length = False
-    o.refine_extra_params = False
-    o.print_summary = False
     with quiet_glog():
-        ans = pycolmap.refine_absolute_pose(rigid(init), np.ascontiguousarray(p2), np.ascontiguousarray(p3), m, camera, o)
+        ans = pycolmap.refine_absolute_pose(rigid(init), np.ascontiguousarray(p2), np.ascontiguousarray(p3), m, camera,
+                                            pose_refinement_options(False))
     if ans is None:
         return None
     ext = np.asarray(ans["cam_from_world"].matrix(), np.float64)
