@@ -171,6 +171,43 @@ def test_triangulate_tracks_rejects_outliers_sampled_and_chunked():
     torch.testing.assert_close(Xc, Xt)
 
 
+def test_view_chunks_bounded_by_view_count_and_boundaries():
+    views = torch.tensor(sorted([2, 2, 3, 4, 5, 6, 7, 8, 8, 9, 9, 10, 12, 15, 20, 25, 40, 50] * 3))
+    chunks = list(tri._view_chunks(views, 25, 0, "cpu", 8))
+    assert chunks[0][0] == 0 and chunks[-1][1] == views.numel()
+    for (a, b, V), nxt in zip(chunks, chunks[1:] + [None]):
+        if nxt is not None:
+            assert nxt[0] == b  # contiguous, every track once
+        v0 = int(views[a])
+        assert V == int(views[b - 1]) and V <= max(2 * v0, v0 + 2)  # padding at most a doubling
+        for bound in (9, tri.LONG_TRACK_VIEWS):  # exact angle check (<= 8 views), long-track budget
+            assert (v0 < bound) == (V < bound)
+    # a memory cap splits further but keeps the same properties
+    small = list(tri._view_chunks(views, 25, 4, "cpu", 8))
+    assert len(small) > len(chunks) and all(b - a <= 4 for a, b, _ in small)
+
+
+def test_triangulate_tracks_mixed_lengths_independent_of_chunking():
+    S, N = 40, 400
+    ext, X = _cams(S), _points(N)
+    uv = _normalized(ext, X)
+    g = torch.Generator().manual_seed(1)
+    noisy = uv + torch.randn(uv.shape, generator=g, dtype=torch.float64) * 1e-3
+    out = torch.rand(S, N, generator=g) < 0.1
+    noisy = torch.where(out[..., None], noisy + 0.2, noisy)
+    # track lengths from 2 to 40 views
+    keep = torch.rand(S, N, generator=g) < torch.linspace(0.05, 1.0, N)[None]
+    keep[:2] = True
+    Xa, na, ma = tri.triangulate_tracks(ext, noisy, keep, max_ransac_iters=16, lo_num=6, lo_num_second=3)
+    Xb, nb, mb = tri.triangulate_tracks(ext, noisy, keep, max_ransac_iters=16, lo_num=6, lo_num_second=3, max_tracks_per_chunk=13)
+    assert torch.equal(na, nb) and torch.equal(ma, mb)
+    torch.testing.assert_close(Xa, Xb)
+    ok = na >= 3
+    assert ok.float().mean() > 0.95
+    assert float((Xa[ok] - X[ok]).norm(dim=-1).median()) < 0.01
+    assert not (ma & out.T).any()
+
+
 def test_triangulate_tracks_skips_tracks_without_two_views():
     ext, X = _cams(5), _points(20)
     uv = _normalized(ext, X)

@@ -227,3 +227,65 @@ def test_atomic_output_dir(tmp_path):
     with atomic_output_dir(empty) as tmp:
         (tmp / "transforms.json").write_text("3")
     assert (empty / "transforms.json").read_text() == "3"
+
+
+def _count_opens(monkeypatch):
+    import vggsfm_ns.io.images as images_mod
+
+    calls = []
+    real_open = images_mod.Image.open
+
+    def counting_open(fp, *a, **k):
+        calls.append(Path(fp).name)
+        return real_open(fp, *a, **k)
+
+    monkeypatch.setattr(images_mod.Image, "open", counting_open)
+    return calls
+
+
+def test_decoded_image_cache_decodes_each_file_once(tmp_path, monkeypatch):
+    from vggsfm_ns.io.images import decoded_image_cache
+
+    a = _img(tmp_path / "a.png")
+    calls = _count_opens(monkeypatch)
+    with decoded_image_cache(max_mb=1):
+        info = image_info(tmp_path / "a.png")  # full PNG decode check: keeps the pixels
+        first = read_image(tmp_path / "a.png")
+        first[:] = 0  # the caller owns its copy
+        with decoded_image_cache(max_mb=0):  # nested: the outer cache stays
+            second = read_image(tmp_path / "a.png")
+    assert info.size == (40, 30)
+    assert calls == ["a.png"]
+    np.testing.assert_array_equal(second, a)
+    assert second.flags.writeable
+    # outside the block nothing is kept
+    read_image(tmp_path / "a.png")
+    assert calls == ["a.png", "a.png"]
+
+
+def test_decoded_image_cache_sees_changed_files_and_respects_budget(tmp_path, monkeypatch):
+    import os
+
+    from vggsfm_ns.io.images import decoded_image_cache
+
+    _img(tmp_path / "a.png", seed=1)
+    big = _img(tmp_path / "big.png", w=400, h=300, seed=2)  # 360 kB: over a 0.1 MiB budget
+    calls = _count_opens(monkeypatch)
+    with decoded_image_cache(max_mb=0.1):
+        read_image(tmp_path / "a.png")
+        b = _img(tmp_path / "a.png", seed=3)  # rewritten: new content, new mtime
+        st = os.stat(tmp_path / "a.png")
+        os.utime(tmp_path / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        np.testing.assert_array_equal(read_image(tmp_path / "a.png"), b)
+        np.testing.assert_array_equal(read_image(tmp_path / "big.png"), big)
+        np.testing.assert_array_equal(read_image(tmp_path / "big.png"), big)
+    assert calls == ["a.png", "a.png", "big.png", "big.png"]
+
+
+def test_decoded_image_cache_env_budget(monkeypatch):
+    from vggsfm_ns.io.images import decoded_image_cache
+
+    monkeypatch.setenv("VGGSFM_NS_IMAGE_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="VGGSFM_NS_IMAGE_CACHE_MB"):
+        with decoded_image_cache():
+            pass

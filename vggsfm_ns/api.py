@@ -214,6 +214,14 @@ def reconstruct(
         CheckpointError: the learned tracker was asked for and its checkpoint is unavailable.
         ReconstructionError: the geometry failed as a whole (no initial pair, nothing registered).
     """
+    from .io.images import decoded_image_cache
+
+    # each image file is decoded once per run (header check, features, point colours)
+    with decoded_image_cache():
+        return _reconstruct(source, config, observer, masks, work_dir)
+
+
+def _reconstruct(source, config, observer, masks, work_dir) -> ReconstructionResult:
     # a private copy: fallbacks (e.g. ALIKED -> SIFT query points) must not change the caller's object,
     # and result.config then records the settings that were actually used
     cfg = copy.deepcopy(config) if config is not None else ReconstructionConfig()

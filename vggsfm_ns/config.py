@@ -42,6 +42,11 @@ class TrackConfig:
     """Side of the square frame the VGGSfM tracker runs on."""
     max_image_size: int = 1024
     """Longer side of the frames the weight-free trackers run on (never upscaled)."""
+    sift_small_frame: int = 512
+    """SIFT tracker: frames whose longer side (processed px) is below this are enlarged to it (at
+    most 2x) for feature detection; 0 never enlarges. On dtu_scan24's 384 px frames the enlargement
+    gives 2.5x the features and 98 % instead of 95 % of the track observations within 2 px of the
+    true epipolar line, for twice the SIFT time (the ``fast`` preset turns it off)."""
     fine_tracking: bool = True
     """Run the fine (sub-pixel) tracker after the coarse one."""
     complement_nonvisible: bool = True
@@ -165,6 +170,7 @@ def _fast() -> ReconstructionConfig:
     cfg.track.max_query_pts = 1024
     cfg.track.query_frame_num = 2
     cfg.track.max_image_size = 768
+    cfg.track.sift_small_frame = 0
     cfg.sfm.robust_refine = 1
     return cfg
 

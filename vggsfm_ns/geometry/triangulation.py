@@ -654,18 +654,32 @@ LONG_TRACK_VIEWS, LONG_TRACK_HYPOTHESES = 10, 10
 
 
 def _view_chunks(views: torch.Tensor, H_tot: int, max_tracks: int, device, exact_max_views: int):
-    """``(start, stop, V)`` chunks over tracks sorted by view count, sized from memory."""
+    """``(start, stop, V)`` chunks over tracks sorted by view count, sized from memory.
+
+    Each chunk is padded to its largest view count ``V``, so a chunk spans at most a doubling of
+    the view count (tracks of 3 and of 50 views in one chunk would cost 50 views each), and never
+    straddles ``exact_max_views`` or ``LONG_TRACK_VIEWS``: the angle check and the hypothesis
+    budget then depend on each track's own view count, not on the chunking.
+    """
     n = views.numel()
+    vs = views.cpu()
+    bounds = torch.tensor(sorted({exact_max_views + 1, LONG_TRACK_VIEWS}), dtype=vs.dtype)
+
+    def per_track(V: int) -> float:
+        return 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
+
     start = 0
     while start < n:
-        V = int(views[min(n - 1, start)])
-        per_track = 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
-        size = chunk_size(n - start, per_track, max_tracks, device=device)
-        stop = min(n, start + size)
-        V = int(views[stop - 1])  # the largest in the chunk (sorted)
-        per_track = 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
-        size = chunk_size(n - start, per_track, max_tracks, device=device)
-        stop = min(n, start + size)
-        V = int(views[stop - 1])
+        v0 = int(vs[start])
+        # up to the last track with at most twice the views of this chunk's first one, and below
+        # the next boundary above v0
+        cap = max(2 * v0, v0 + 2)
+        above = bounds[bounds > v0]
+        if above.numel():
+            cap = min(cap, int(above[0]) - 1)
+        stop = min(n, int(torch.searchsorted(vs, cap, right=True)))
+        V = int(vs[stop - 1])  # the largest in the chunk (sorted)
+        stop = min(stop, start + chunk_size(n - start, per_track(V), max_tracks, device=device))
+        V = int(vs[stop - 1])
         yield start, stop, V
         start = stop

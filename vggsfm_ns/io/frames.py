@@ -7,8 +7,10 @@ file is decoded once at low cost to catch truncated images early). Videos are de
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -108,9 +110,9 @@ def _load_folder(folder: Path, observer: Optional[PipelineObserver]) -> FrameSet
         exts = " ".join(IMAGE_EXTENSIONS)
         raise InputError(f"no images found (looked for {exts}){hint}", folder)
     sizes, focals = [], []
-    with Stage(observer, "frames", total=len(files)) as st:
-        for p in files:
-            info = image_info(p, check_decode=True)
+    # headers and decode checks in parallel (Pillow releases the GIL while decoding)
+    with Stage(observer, "frames", total=len(files)) as st, ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
+        for info in ex.map(lambda p: image_info(p, check_decode=True), files):
             sizes.append(info.size)
             focals.append(info.exif_focal_px)
             st.advance()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -15,24 +18,115 @@ from ..errors import InputError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+#: Default budget (MiB) of :func:`decoded_image_cache`; the environment variable
+#: ``VGGSFM_NS_IMAGE_CACHE_MB`` overrides it (0 turns the cache off).
+IMAGE_CACHE_MB = 512
+
+
+class _DecodedImages:
+    """Decoded RGB8 images of one run, keyed by file identity, filled until a byte budget.
+
+    No eviction: a run reads its frames in the same order several times (header check, features,
+    point colours, export), and for such scans keeping the first frames beats LRU, which would
+    evict each frame just before it is read again.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.images: Dict[Tuple[str, int, int], np.ndarray] = {}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def key(path: Path) -> Optional[Tuple[str, int, int]]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (os.path.abspath(path), int(st.st_mtime_ns), int(st.st_size))
+
+    def get(self, key) -> Optional[np.ndarray]:
+        with self.lock:
+            a = self.images.get(key)
+        return None if a is None else a.copy()
+
+    def put(self, key, image: np.ndarray) -> None:
+        with self.lock:
+            if key in self.images or self.nbytes + image.nbytes > self.max_bytes:
+                return
+            a = image.copy()
+            a.flags.writeable = False
+            self.images[key] = a
+            self.nbytes += a.nbytes
+
+
+_ACTIVE: Optional[_DecodedImages] = None
+_ACTIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def decoded_image_cache(max_mb: Optional[float] = None) -> Iterator[None]:
+    """Keep decoded images in memory while the block runs, so each file is decoded once.
+
+    Inside the block :func:`read_image` (and the decode check of :func:`image_info` for formats it
+    decodes fully) store their result, up to ``max_mb`` MiB (default
+    ``$VGGSFM_NS_IMAGE_CACHE_MB`` or :data:`IMAGE_CACHE_MB`); later reads of the same unchanged
+    file (same absolute path, modification time and size) get a copy instead of decoding again.
+    Nested blocks share the outermost cache; everything is released when it ends.
+
+    Args:
+        max_mb: budget in MiB; 0 disables the cache.
+
+    Raises:
+        ValueError: if ``$VGGSFM_NS_IMAGE_CACHE_MB`` is set but not a number.
+    """
+    global _ACTIVE
+    if max_mb is None:
+        env = os.environ.get("VGGSFM_NS_IMAGE_CACHE_MB")
+        try:
+            max_mb = float(env) if env not in (None, "") else float(IMAGE_CACHE_MB)
+        except ValueError:
+            raise ValueError(f"VGGSFM_NS_IMAGE_CACHE_MB must be a number of MiB, got {env!r}") from None
+    with _ACTIVE_LOCK:
+        outer = _ACTIVE is not None
+        if not outer and max_mb > 0:
+            _ACTIVE = _DecodedImages(int(max_mb * 2**20))
+    try:
+        yield
+    finally:
+        if not outer:
+            with _ACTIVE_LOCK:
+                _ACTIVE = None
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB, EXIF orientation applied.
 
     Grayscale is replicated to 3 channels, alpha is dropped, 16-bit data is scaled to 8 bits.
+    Inside :func:`decoded_image_cache` a file is decoded once; the caller always gets its own,
+    writable array.
 
     Raises:
         InputError: naming the file, if it is missing, unreadable or truncated.
     """
     path = Path(path)
+    cache = _ACTIVE
+    key = cache.key(path) if cache is not None else None
+    if key is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb8(im)
+            rgb = _to_rgb8(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"cannot decode image ({e})", path) from None
+    if key is not None:
+        cache.put(key, rgb)
+    return rgb
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:
@@ -127,7 +221,8 @@ def image_info(path: Path, check_decode: bool = True) -> ImageInfo:
         path: image file.
         check_decode: also decode the pixel data once to detect truncated or corrupt files (JPEGs
             are decoded at 1/8 scale with libjpeg's DCT scaling, which still reads every byte of the
-            entropy-coded data, so this is cheap).
+            entropy-coded data, so this is cheap). Other formats are decoded fully; inside
+            :func:`decoded_image_cache` their pixels are kept for :func:`read_image`.
 
     Returns:
         :class:`ImageInfo`.
@@ -149,6 +244,12 @@ def image_info(path: Path, check_decode: bool = True) -> ImageInfo:
                 if fmt == "JPEG":
                     im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
                 im.load()
+                cache = _ACTIVE
+                if cache is not None and fmt != "JPEG":
+                    # fully decoded anyway: keep the pixels for the reads that follow
+                    key = cache.key(path)
+                    if key is not None:
+                        cache.put(key, _to_rgb8(ImageOps.exif_transpose(im)))
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except (OSError, SyntaxError, ValueError) as e:

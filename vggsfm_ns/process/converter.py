@@ -220,6 +220,7 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
         cfg = self.build_config()
 
         from ..io.frames import check_uniform_size, load_frames  # imports torch: after the cheap checks
+        from ..io.images import decoded_image_cache
         from ..progress import Observers, RichProgress
 
         console = Console(stderr=True)
@@ -241,23 +242,25 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=work_parent))
         ok = False
         try:
-            t0 = time.perf_counter()
-            frames = load_frames(data, masks=masks, num_frames_target=cfg.num_frames_target, work_dir=work, observer=observer)
-            t_frames = time.perf_counter() - t0
-            if cfg.camera.shared_camera:
-                check_uniform_size(frames)
-            from ..api import reconstruct
-            from ..export.nerfstudio import export_nerfstudio
+            # each image is decoded once for the whole conversion (checks, features, colours, export)
+            with decoded_image_cache():
+                t0 = time.perf_counter()
+                frames = load_frames(data, masks=masks, num_frames_target=cfg.num_frames_target, work_dir=work, observer=observer)
+                t_frames = time.perf_counter() - t0
+                if cfg.camera.shared_camera:
+                    check_uniform_size(frames)
+                from ..api import reconstruct
+                from ..export.nerfstudio import export_nerfstudio
 
-            result = reconstruct(frames, cfg, observer=observer, work_dir=work)
-            if "frames" not in result.timings:  # frames were loaded here, not inside reconstruct
-                result.timings = {"frames": t_frames, **result.timings}
-            export_nerfstudio(result, out, num_downscales=self.num_downscales, overwrite=self.overwrite, observer=observer)
-            written: List[Path] = []
-            if self.visuals:
-                from ..visuals import write_visuals
+                result = reconstruct(frames, cfg, observer=observer, work_dir=work)
+                if "frames" not in result.timings:  # frames were loaded here, not inside reconstruct
+                    result.timings = {"frames": t_frames, **result.timings}
+                export_nerfstudio(result, out, num_downscales=self.num_downscales, overwrite=self.overwrite, observer=observer)
+                written: List[Path] = []
+                if self.visuals:
+                    from ..visuals import write_visuals
 
-                written = list(write_visuals(result, out))
+                    written = list(write_visuals(result, out))
             ok = True
         finally:
             progress.close()

@@ -6,7 +6,7 @@ contract (:class:`vggsfm_ns.types.TrackSet`) and the same query-frame structure 
 
 1. **Features**: SIFT on every processed frame (:func:`vggsfm_ns.query.points.extract_sift`,
    OpenCV, RootSIFT descriptors, at most ``max_features``), none inside dynamic masks. Frames
-   smaller than :data:`SMALL_FRAME` are enlarged for detection only.
+   smaller than ``cfg.sift_small_frame`` are enlarged for detection only.
 2. **Pairs**: all pairs for small sets; otherwise every frame is matched with its
    ``num_neighbors`` most similar frames, similarity being the number of mutual-nearest-neighbour
    matches among the :data:`RETRIEVAL_FEATURES` coarsest features of each frame (a cheap
@@ -55,9 +55,6 @@ MAX_FEATURES = 4096
 CONTRAST_THRESHOLD = 0.01
 #: SIFT base blur (OpenCV ``sigma``).
 SIFT_SIGMA = 1.6
-#: Frames whose longer side is below this (processed px) are enlarged to it (at most 2x) for SIFT
-#: detection: more repeatable features, better localisation.
-SMALL_FRAME = 512
 #: Lowe's ratio test on RootSIFT L2 distances (COLMAP's default ``max_ratio``).
 RATIO = 0.8
 #: Largest RootSIFT L2 distance of a match (COLMAP's default ``max_distance``).
@@ -131,7 +128,7 @@ def _workers() -> int:
     return max(1, min(16, torch.get_num_threads()))
 
 
-def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage) -> _Features:
+def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, small_frame: int = 0) -> _Features:
     import cv2
 
     from ..preprocess import load_processed_masks
@@ -139,7 +136,7 @@ def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage) 
 
     def one(i: int):
         gray = processed_gray(frames, transforms, i)
-        upscale = min(2.0, SMALL_FRAME / max(gray.shape)) if max(gray.shape) < SMALL_FRAME else 1.0
+        upscale = min(2.0, small_frame / max(gray.shape)) if max(gray.shape) < small_frame else 1.0
         xy, scale, desc = extract_sift(
             gray, max_features=max_features, backend="opencv", contrast_threshold=CONTRAST_THRESHOLD, upscale=upscale,
             sigma=SIFT_SIGMA,
@@ -680,7 +677,7 @@ def track_sift(
         cfg: track settings. Used: ``max_image_size`` (processed size), ``query_frame_num``,
             ``query_frame_ranking`` (``midpoint`` / ``interval`` are honoured; ``dino`` is
             replaced by the match-graph ranking, see module doc), ``max_query_pts`` (tracks per
-            query frame), ``complement_nonvisible`` and ``min_visible``.
+            query frame), ``complement_nonvisible``, ``min_visible`` and ``sift_small_frame``.
         observer: progress reporting (stage ``"tracks (SIFT)"``).
         max_features: SIFT features per frame.
         num_neighbors: partners per frame (all pairs when ``S - 1 <= num_neighbors``).
@@ -714,7 +711,7 @@ def track_sift(
         fmat_threshold = max(1.0, FMAT_THRESHOLD * long_side / 1024.0)
     bf16 = _use_bf16()
     with Stage(observer, "tracks (SIFT)", total=None) as stage:
-        feats = _extract_all(frames, transforms, max_features, stage)
+        feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame)
         pairs = _select_pairs(feats, num_neighbors, bf16)
         verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
         builder = _TrackBuilder(feats, verified)
