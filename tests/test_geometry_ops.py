@@ -115,6 +115,12 @@ def test_multi_view_triangulation_exact_and_linear_variant():
     Xm = tri.triangulate_multi_view(ext[None].expand(50, -1, -1, -1), uv.transpose(0, 1), mask.T)
     torch.testing.assert_close(Xl, Xm, atol=1e-10, rtol=0)
     torch.testing.assert_close(Xl, X, atol=1e-10, rtol=0)
+    # each track over its own views, in chunks of any size; fewer than two views: NaN
+    mask[:, :3] = False
+    mask[4, 1] = True
+    Xc = tri.triangulate_tracks_linear(ext, uv, mask, max_tracks_per_chunk=7)
+    assert torch.isnan(Xc[:3]).all()
+    torch.testing.assert_close(Xc[3:], Xm[3:], atol=1e-10, rtol=0)
 
 
 def test_triangulation_angles_and_sweep():
@@ -148,14 +154,20 @@ def test_two_view_pose_recovery_from_essential():
     assert int(count) == 100
 
 
-def test_triangulate_tracks_rejects_outliers_sampled_and_chunked():
-    S, N = 30, 300  # C(30, 2) > 16: per-track pair sampling
+def _noisy_tracks(S: int, N: int, seed: int, outliers: float):
+    """Cameras, points, ``[S, N, 2]`` normalised tracks with 1e-3 noise and a fraction of 0.2
+    outliers (mask ``out``), and the generator for further draws."""
     ext, X = _cams(S), _points(N)
     uv = _normalized(ext, X)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     noisy = uv + torch.randn(uv.shape, generator=g, dtype=torch.float64) * 1e-3
-    out = torch.rand(S, N, generator=g) < 0.15
-    noisy = torch.where(out[..., None], noisy + 0.2, noisy)
+    out = torch.rand(S, N, generator=g) < outliers
+    return ext, X, torch.where(out[..., None], noisy + 0.2, noisy), out, g
+
+
+def test_triangulate_tracks_rejects_outliers_sampled_and_chunked():
+    S, N = 30, 300  # C(30, 2) > 16: per-track pair sampling
+    ext, X, noisy, out, g = _noisy_tracks(S, N, 0, 0.15)
     valid = torch.rand(S, N, generator=g) > 0.2
     Xt, n, m = tri.triangulate_tracks(ext, noisy, valid, max_ransac_iters=16, lo_num=6, lo_num_second=3)
     ok = n >= 3
@@ -189,12 +201,7 @@ def test_view_chunks_bounded_by_view_count_and_boundaries():
 
 def test_triangulate_tracks_mixed_lengths_independent_of_chunking():
     S, N = 40, 400
-    ext, X = _cams(S), _points(N)
-    uv = _normalized(ext, X)
-    g = torch.Generator().manual_seed(1)
-    noisy = uv + torch.randn(uv.shape, generator=g, dtype=torch.float64) * 1e-3
-    out = torch.rand(S, N, generator=g) < 0.1
-    noisy = torch.where(out[..., None], noisy + 0.2, noisy)
+    ext, X, noisy, out, g = _noisy_tracks(S, N, 1, 0.1)
     # track lengths from 2 to 40 views
     keep = torch.rand(S, N, generator=g) < torch.linspace(0.05, 1.0, N)[None]
     keep[:2] = True

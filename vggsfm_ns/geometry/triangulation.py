@@ -458,21 +458,39 @@ def _solve_masked(T: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _dehomogenize(smallest_eigenvector(A))
 
 
-def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, mask: torch.Tensor, max_tracks_per_chunk: int = 0) -> torch.Tensor:
     """Ray-distance least-squares triangulation of many tracks over shared cameras (no RANSAC).
 
     Args:
         extrinsics: ``[S, 3, 4]``.
         tracks: ``[S, N, 2]`` normalised observations.
         mask: ``[S, N]`` bool, the views used for each track.
+        max_tracks_per_chunk: tracks processed at once (0: from free memory).
 
     Returns:
-        ``[N, 3]``; same result as :func:`triangulate_multi_view` with shared cameras, without
-        ``[N, S, 4, 4]`` temporaries.
+        ``[N, 3]``; same result as :func:`triangulate_multi_view` with shared cameras for tracks
+        with at least two views, NaN for the others. Each track is solved over its own views only
+        (tracks sorted by view count, chunks padded to at most twice their shortest track's count),
+        so the cost is the number of observations, not ``S x N``.
     """
+    S, N = mask.shape
     ext = extrinsics.to(torch.float64) if tracks.dtype == torch.float64 else extrinsics
-    T = _ray_system(ext[None], tracks.transpose(0, 1).to(ext.dtype))  # [N, S, 16]
-    return _solve_masked(T, mask.T[:, None, :])[:, 0]
+    dev = tracks.device
+    out = torch.full((N, 3), float("nan"), dtype=ext.dtype, device=dev)
+    count = mask.sum(0)
+    todo = torch.nonzero(count >= 2).flatten()
+    if todo.numel() == 0:
+        return out
+    todo = todo[torch.argsort(count[todo], stable=True)]
+    valid_all = mask.T  # [N, S]
+    trk = tracks.transpose(0, 1).to(ext.dtype)  # [N, S, 2]
+    for a, b, V in _view_chunks(count[todo], 1, max_tracks_per_chunk, dev, 0):
+        sel = todo[a:b]
+        views = torch.argsort((~valid_all[sel]).to(torch.int8), dim=-1, stable=True)[:, :V]  # valid views first
+        valid = torch.gather(valid_all[sel], 1, views)
+        T = _ray_system(ext[views], torch.gather(trk[sel], 1, views[..., None].expand(-1, -1, 2)))  # [n, V, 16]
+        out[sel] = _solve_masked(T, valid[:, None, :])[:, 0]
+    return out
 
 
 def _score(terms: _RayTerms, X, view_mask, invalid_obs, angle_ok):

@@ -55,7 +55,7 @@ import torch
 from ..config import CameraConfig, SfMConfig
 from ..conventions import ImageTransform, center_to_corner
 from ..errors import InputError, ReconstructionError
-from ..geometry.camera import cam_from_img, num_extra_params
+from ..geometry.camera import cam_from_img, num_extra_params, undistort
 from ..geometry.filtering import filter_points3d, reprojection_errors, valid_frame_mask
 from ..geometry.triangulation import triangulate_by_pair, triangulate_tracks
 from ..progress import PipelineObserver, ReconstructionSnapshot, Stage
@@ -199,9 +199,22 @@ class _Model:
             return None
         return self.extra if idx is None else self.extra[idx]
 
-    def normalized(self, idx=None) -> torch.Tensor:
+    def normalized(self, idx=None, cols=None) -> torch.Tensor:
+        """Undistorted normalised coordinates of frames ``idx`` (all) and tracks ``cols`` (all):
+        ``[s, n, 2]``. Only observed entries go through the iterative undistortion; the others
+        (never used) get the pinhole value."""
         idx = slice(None) if idx is None else idx
-        return cam_from_img(self.xy[idx], self.K[idx], self.extra_or_none(idx))
+        xy, obs = self.xy[idx], self.obs[idx]
+        if cols is not None:
+            xy, obs = xy[:, cols], obs[:, cols]
+        K = self.K[idx]
+        out = cam_from_img(xy, K)
+        if self.E:
+            f, n = torch.nonzero(obs, as_tuple=True)
+            if f.numel():
+                # one row per observation, with its frame's distortion
+                out[f, n] = undistort(out[f, n][:, None, :], self.extra[idx][f])[:, 0]
+        return out
 
     def reg_list(self) -> List[int]:
         return [int(i) for i in torch.nonzero(self.registered).flatten()]
@@ -351,7 +364,7 @@ class _Model:
         if idx.numel() == 0:
             return
         m = self.inl[:, idx] & self.registered[:, None]
-        Xn = triangulate_tracks_linear(self.ext, self.normalized()[:, idx], m)
+        Xn = triangulate_tracks_linear(self.ext, self.normalized(cols=idx), m)
         ok = torch.isfinite(Xn).all(-1) & (m.sum(0) >= 2)
         self.X[idx] = torch.where(ok[:, None], Xn, self.X[idx])
         self.has_point[idx] = ok
