@@ -182,3 +182,36 @@ def test_extra_points_with_fixed_cameras(concat):
     else:
         assert out.reconstruction.num_points3D() == res.reconstruction.num_points3D()
         assert out.stats["extra_points_rgb"].shape == (n, 3)
+
+
+def test_bundle_adjustment_solver_follows_track_length():
+    """Over 100 images, long tracks get Ceres' iterative Schur solver, short ones the direct sparse
+    one; both converge to the noise level and the caller's options are left unchanged."""
+    from vggsfm_ns.sfm import colmap_build as cb
+
+    S = cb.ITERATIVE_MIN_IMAGES + 1
+    sc = make_scene(num_frames=S, num_points=120, trajectory="orbit", seed=0, noise_px=0.0, outlier_ratio=0.0, missing_ratio=0.0)
+    ext, K, X = sc.extrinsics, sc.intrinsics, sc.points
+    cam = np.einsum("sij,nj->sni", ext[:, :, :3], X) + ext[:, None, :, 3]
+    px = np.einsum("sij,snj->sni", K, cam)
+    rng = np.random.default_rng(0)
+    px = px[..., :2] / px[..., 2:3] + rng.normal(0.0, 0.5, px[..., :2].shape)
+    X0 = X + rng.normal(0.0, 0.01, X.shape)
+    sizes = np.array([t.orig_size for t in sc.tracks.transforms])
+    # short tracks: each point in 12 consecutive frames of the orbit
+    short = np.zeros_like(sc.visible)
+    for n in range(X.shape[0]):
+        f0 = (n * S) // X.shape[0]
+        short[(np.arange(12) + f0) % S, n] = True
+    short &= sc.visible
+    for obs, solver in ((sc.visible, "ITERATIVE_SCHUR"), (short, "SPARSE_SCHUR")):
+        built = cb.build_reconstruction("SIMPLE_PINHOLE", ext, K, None, sizes, X0, px, obs, list(range(S)))
+        opts = cb.ba_options(50, refine_intrinsics=False)
+        assert opts.ceres.max_num_images_direct_sparse_cpu_solver == 1000
+        info = cb.bundle_adjust(built, opts)
+        assert opts.ceres.max_num_images_direct_sparse_cpu_solver == 1000
+        assert info["linear_solver"] == solver
+        n_obs = int(obs[:, built.point_ids >= 0].sum())
+        assert info["observations"] == n_obs
+        # 0.5 px noise per coordinate: the mean squared residual per observation is about 2 * 0.25
+        assert 2 * info["final_cost"] / n_obs < 0.6

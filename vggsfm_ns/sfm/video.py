@@ -704,19 +704,6 @@ def make_window_source(tracker: "TrackerChoice", frames: FrameSet, cfg: Reconstr
 # ================================================================================================
 
 
-def _solve_ba(rec, options, config) -> Dict[str, Any]:
-    import pycolmap
-
-    from .colmap_build import quiet_glog
-
-    t0 = time.perf_counter()
-    with quiet_glog():
-        summary = pycolmap.create_default_bundle_adjuster(options, config, rec).solve()
-    cs = summary.ceres_summary
-    return {"seconds": time.perf_counter() - t0, "residuals": int(cs.num_residual_blocks),
-            "iterations": int(cs.num_successful_steps + cs.num_unsuccessful_steps)}
-
-
 def _pnp(camera, p2: np.ndarray, p3: np.ndarray, max_error: float, seed: int) -> Optional[np.ndarray]:
     """RANSAC PnP + refinement with fixed intrinsics; ``(3, 4)`` cam_from_world or None.
 
@@ -1263,7 +1250,7 @@ class _VideoRun:
         """
         import pycolmap
 
-        from .colmap_build import ba_options, rigid
+        from .colmap_build import ba_options, rigid, solve_ba
 
         rec = seg.rec
         R = len(frames_of_rows)
@@ -1324,7 +1311,7 @@ class _VideoRun:
                     config.add_constant_point(int(p.point3D_id))
         for pid in new_set:
             config.add_variable_point(pid)  # their observations in the pending tracks' frames, fixed poses
-        self.log_ba("window", len(frames_added), _solve_ba(rec, ba_options(LOCAL_BA_ITERS, function_tolerance=1e-6, refine_intrinsics=False), config))
+        self.log_ba("window", len(frames_added), solve_ba(rec, ba_options(LOCAL_BA_ITERS, function_tolerance=1e-6, refine_intrinsics=False), config))
         # filter: reprojection, negative depth, triangulation angle; new points need min_len views
         om = pycolmap.ObservationManager(rec)
         om.filter_points3D_in_images(self.thr, self.cfg.sfm.min_tri_angle, set(f + 1 for f in frames_added) | {anchor + 1})
@@ -1399,7 +1386,7 @@ class _VideoRun:
         """Official ``joint_BA`` over the most recent frames (global while the model is small)."""
         import pycolmap
 
-        from .colmap_build import ba_options
+        from .colmap_build import ba_options, solve_ba
 
         t0 = time.perf_counter()
         reg = seg.registered
@@ -1425,7 +1412,7 @@ class _VideoRun:
             config.set_constant_cam_intrinsics(seg.camera_id)
         opts = ba_options(JOINT_BA_ITERS, function_tolerance=1e-6, refine_intrinsics=refine, official_prepare=False)
         self.stage.advance(0, note=f"joint BA over {len(var)} frames")
-        self.log_ba("joint (global)" if is_global else "joint", len(var), _solve_ba(seg.rec, opts, config))
+        self.log_ba("joint (global)" if is_global else "joint", len(var), solve_ba(seg.rec, opts, config))
         om = pycolmap.ObservationManager(seg.rec)
         om.filter_points3D_in_images(self.joint_thr, self.cfg.sfm.min_tri_angle, set(f + 1 for f in var))
         self.add_time("video: joint BA", time.perf_counter() - t0)
@@ -1448,7 +1435,7 @@ class _VideoRun:
         (2 px, 1.5 deg, negative depth)."""
         import pycolmap
 
-        from .colmap_build import ba_options
+        from .colmap_build import ba_options, solve_ba
 
         config = pycolmap.BundleAdjustmentConfig()
         for f in seg.registered:
@@ -1458,7 +1445,7 @@ class _VideoRun:
         if not refine:
             config.set_constant_cam_intrinsics(seg.camera_id)
         opts = ba_options(FINAL_BA_ITERS, function_tolerance=1e-6, refine_intrinsics=refine, official_prepare=False)
-        self.log_ba("final", len(seg.registered), _solve_ba(seg.rec, opts, config))
+        self.log_ba("final", len(seg.registered), solve_ba(seg.rec, opts, config))
         om = pycolmap.ObservationManager(seg.rec)
         om.filter_all_points3D(self.joint_thr, self.cfg.sfm.min_tri_angle)
         om.filter_observations_with_negative_depth()
