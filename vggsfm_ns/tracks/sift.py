@@ -128,7 +128,7 @@ def _workers() -> int:
     return max(1, min(16, torch.get_num_threads()))
 
 
-def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, small_frame: int = 0) -> _Features:
+def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, small_frame: int) -> _Features:
     import cv2
 
     from ..preprocess import load_processed_masks
