@@ -215,3 +215,39 @@ def test_bundle_adjustment_solver_follows_track_length():
         assert info["observations"] == n_obs
         # 0.5 px noise per coordinate: the mean squared residual per observation is about 2 * 0.25
         assert 2 * info["final_cost"] / n_obs < 0.6
+
+
+def test_intermediate_ba_subset_covers_every_frame():
+    """The intermediate-BA point subset gives every registered frame its quota of observations
+    (longest tracks first), even on a forward walk where no track spans many frames, and is the
+    whole model when it fits the observation budget."""
+    from vggsfm_ns.sfm.backend import _Model
+
+    S, N, quota = 60, 3000, 40
+    rng = np.random.default_rng(0)
+    start = rng.integers(0, S, N)
+    length = rng.integers(2, 9, N)
+    f = np.arange(S)[:, None]
+    inl = torch.from_numpy((f >= start[None]) & (f < start[None] + length[None]))
+    m = _Model.__new__(_Model)
+    m.N, m.seed = N, 0
+    m.registered = torch.ones(S, dtype=torch.bool)
+    m.registered[7] = False  # an unregistered frame needs nothing
+    m.inl = inl & m.registered[:, None]
+    m.has_point = m.inl.sum(0) >= 2
+    obs = m.inl & m.has_point[None]
+    total = int(obs.sum())
+    sel = m.ba_subset(budget=total // 10, quota=quota)  # below S * quota: the quota still holds
+    per_frame = (obs & sel[None]).sum(1)
+    avail = obs.sum(1)
+    reg = m.registered
+    assert bool((per_frame[reg] >= torch.clamp(avail[reg], max=quota)).all()), per_frame
+    assert int(per_frame[~reg].sum()) == 0
+    assert not bool((sel & ~m.has_point).any())
+    assert int(obs[:, sel].sum()) < total // 2
+    # longest tracks first: the selected tracks are longer than the others on average
+    lengths = obs.sum(0).double()
+    assert float(lengths[sel].mean()) > float(lengths[m.has_point & ~sel].mean())
+    # deterministic, and everything when the budget allows
+    assert torch.equal(sel, m.ba_subset(budget=total // 10, quota=quota))
+    assert torch.equal(m.ba_subset(budget=total, quota=quota), m.has_point)

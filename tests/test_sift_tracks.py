@@ -98,6 +98,56 @@ def test_conflict_free_components():
     comp = _conflict_free_components(70, np.stack([many[:-1], many[1:]], 1), many)
     assert len(set(comp.tolist())) == 1
 
+    # labels are the smallest node of each set
+    assert comp[0] == 0 and set(_conflict_free_components(6, edges, frame_of).tolist()) == {0, 1}
+
+
+def _reference_union_find(num_nodes, edges, frame_of):
+    """Ordered union-find over every edge (the definition), as sets of nodes."""
+    parent = list(range(num_nodes))
+    frames = [{int(f)} for f in frame_of]
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for a, b in edges.tolist():
+        ra, rb = find(a), find(b)
+        if ra != rb and not frames[ra] & frames[rb]:
+            parent[rb] = ra
+            frames[ra] |= frames[rb]
+    groups = {}
+    for n in range(num_nodes):
+        groups.setdefault(find(n), set()).add(n)
+    return sorted(tuple(sorted(g)) for g in groups.values())
+
+
+@pytest.mark.parametrize("seed,wrong_ratio", [(0, 0.0), (1, 0.001), (2, 0.004), (3, 0.03)])
+def test_conflict_free_components_matches_union_find_over_all_edges(seed, wrong_ratio):
+    """Skipping the union-find in conflict-free components gives the same sets as running it
+    over every edge in priority order (random match graphs with wrong matches)."""
+    rng = np.random.default_rng(seed)
+    S, per = 12, 40
+    frame_of = np.repeat(np.arange(S), per)
+    n = S * per
+    # true tracks: keypoint k of every frame; matches along them, plus some wrong matches (from
+    # none, where every component is conflict-free, to enough to glue most tracks together)
+    a = rng.integers(0, n, 3000)
+    b = (frame_of[a] + rng.integers(1, S, a.size)) % S * per + a % per
+    wrong = rng.random(a.size) < wrong_ratio
+    b[wrong] = rng.integers(0, n, int(wrong.sum()))
+    edges = np.stack([a, b], 1)
+    edges = edges[frame_of[edges[:, 0]] != frame_of[edges[:, 1]]]
+    comp = _conflict_free_components(n, edges, frame_of)
+    groups = {}
+    for node, c in enumerate(comp.tolist()):
+        groups.setdefault(c, set()).add(node)
+    assert all(min(g) == c for c, g in groups.items())
+    assert sorted(tuple(sorted(g)) for g in groups.values()) == _reference_union_find(n, edges, frame_of)
+    # no set holds two keypoints of one frame
+    assert all(len({int(frame_of[x]) for x in g}) == len(g) for g in groups.values())
+
 
 def test_sampson():
     F = np.array([[0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])

@@ -542,26 +542,58 @@ def _conflict_free_components(num_nodes: int, edges: np.ndarray, frame_of: np.nd
         frame_of: ``(num_nodes,)`` frame of each node.
 
     Returns:
-        ``(num_nodes,)`` int64 component label (the root node id).
+        ``(num_nodes,)`` int64 component label: the smallest node id of the component.
+
+    Components of the plain match graph that hold at most one keypoint per frame are taken as
+    they are (scipy); the ordered union-find runs only over the edges of the other components,
+    which gives the same sets as running it over all edges.
     """
-    parent = list(range(num_nodes))
-    frames = [1 << int(f) for f in frame_of.tolist()]
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(a: int) -> int:
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
+    labels = np.arange(num_nodes, dtype=np.int64)
+    if num_nodes == 0 or len(edges) == 0:
+        return labels
+    # Plain components first: a component holding at most one keypoint per frame never meets a
+    # conflicting edge, so the union-find below only has to run inside the others.
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(num_nodes, num_nodes))
+    _, comp = connected_components(graph, directed=False)
+    size = np.bincount(comp)
+    per_frame = np.unique(comp * (int(frame_of.max()) + 1) + frame_of)  # distinct (component, frame)
+    span = np.bincount(per_frame // (int(frame_of.max()) + 1), minlength=len(size))
+    clean = size == span
+    # label = smallest node of the component (the union-find roots below are relabelled the same way)
+    first = np.full(len(size), num_nodes, np.int64)
+    np.minimum.at(first, comp, np.arange(num_nodes))
+    labels = np.where(clean[comp], first[comp], labels)
 
-    for a, b in edges.tolist():
-        ra, rb = find(a), find(b)
-        if ra == rb or frames[ra] & frames[rb]:
-            continue
-        parent[rb] = ra
-        frames[ra] |= frames[rb]
-    return np.array([find(a) for a in range(num_nodes)], np.int64)
+    hard = ~clean[comp[edges[:, 0]]]
+    if hard.any():
+        sub = edges[hard]
+        nodes = np.unique(sub)
+        local = np.searchsorted(nodes, sub)
+        parent = list(range(len(nodes)))
+        frames = [1 << int(f) for f in frame_of[nodes].tolist()]
+
+        def find(a: int) -> int:
+            root = a
+            while parent[root] != root:
+                root = parent[root]
+            while parent[a] != root:
+                parent[a], a = root, parent[a]
+            return root
+
+        for a, b in local.tolist():
+            ra, rb = find(a), find(b)
+            if ra == rb or frames[ra] & frames[rb]:
+                continue
+            parent[rb] = ra
+            frames[ra] |= frames[rb]
+        roots = np.array([find(a) for a in range(len(nodes))], np.int64)
+        smallest = np.full(len(nodes), len(nodes), np.int64)
+        np.minimum.at(smallest, roots, np.arange(len(nodes)))
+        labels[nodes] = nodes[smallest[roots]]
+    return labels
 
 
 class _TrackBuilder:
