@@ -559,12 +559,11 @@ def _conflict_free_components(num_nodes: int, edges: np.ndarray, frame_of: np.nd
     graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(num_nodes, num_nodes))
     _, comp = connected_components(graph, directed=False)
     size = np.bincount(comp)
-    per_frame = np.unique(comp * (int(frame_of.max()) + 1) + frame_of)  # distinct (component, frame)
-    span = np.bincount(per_frame // (int(frame_of.max()) + 1), minlength=len(size))
+    F = int(frame_of.max()) + 1
+    span = np.bincount(np.unique(comp * F + frame_of) // F, minlength=len(size))  # frames per component
     clean = size == span
     # label = smallest node of the component (the union-find roots below are relabelled the same way)
-    first = np.full(len(size), num_nodes, np.int64)
-    np.minimum.at(first, comp, np.arange(num_nodes))
+    _, first = np.unique(comp, return_index=True)
     labels = np.where(clean[comp], first[comp], labels)
 
     hard = ~clean[comp[edges[:, 0]]]
@@ -590,9 +589,8 @@ def _conflict_free_components(num_nodes: int, edges: np.ndarray, frame_of: np.nd
             parent[rb] = ra
             frames[ra] |= frames[rb]
         roots = np.array([find(a) for a in range(len(nodes))], np.int64)
-        smallest = np.full(len(nodes), len(nodes), np.int64)
-        np.minimum.at(smallest, roots, np.arange(len(nodes)))
-        labels[nodes] = nodes[smallest[roots]]
+        _, smallest, inverse = np.unique(roots, return_index=True, return_inverse=True)
+        labels[nodes] = nodes[smallest[inverse]]
     return labels
 
 
