@@ -2,7 +2,8 @@
 """Our weight-free pipeline vs COLMAP (through pycolmap) on the same images, in one process.
 
 For each scene: pycolmap's own pipeline (SIFT extraction, exhaustive or sequential matching,
-incremental mapping) and ``vggsfm_ns.reconstruct`` with each requested preset and tracker, each
+incremental mapping) with its defaults and/or with the settings ``ns-process-data images`` uses
+(``--colmap-settings``), and ``vggsfm_ns.reconstruct`` with each requested preset and tracker, each
 ``--repeats`` times (the median run is reported, with the range of its times). Prints a table of
 seconds per stage, frames registered, points, mean reprojection error and, where the scene has
 reference poses (``transforms.json`` or a COLMAP model given with ``--reference``), RRA/RTA@5 and
@@ -11,7 +12,8 @@ AUC@30 with the VGGSfM paper's metric (``vggsfm_ns.metrics``).
 Usage::
 
     python benchmarks/bench_sfm.py ../shared/data/dtu_scan24 ../shared/data/kitchen \
-        --trackers sift klt --colmap exhaustive --markdown docs/benchmarks.md
+        --trackers sift klt --colmap exhaustive --colmap-settings defaults nerfstudio \
+        --markdown docs/benchmarks.md
 
 A scene argument is a folder with ``images/`` (and optionally ``transforms.json``), or an image
 folder itself. Not a test: run by hand; results go to ``docs/benchmarks.md`` with ``--markdown``.
@@ -45,10 +47,21 @@ def _reference(scene: Path, explicit: Optional[Path]):
     return load_reference_poses(src) if src is not None else None
 
 
-def run_colmap(scene: Path, matching: str, num_threads: int) -> Dict:
-    """pycolmap's COLMAP pipeline with its defaults; returns timings, counts and poses by stem."""
+#: COLMAP configurations: ``defaults`` is pycolmap's own; ``nerfstudio`` is what
+#: ``ns-process-data images`` runs (nerfstudio 1.1.5 ``colmap_utils.run_colmap``): one shared OPENCV
+#: camera, the mapper's global BA to a function tolerance of 1e-6, then a bundle adjustment that
+#: also refines the principal point (its default vocabulary-tree matching needs a download, so the
+#: matcher is the one given by ``--colmap``, as with ``--matching-method exhaustive``).
+COLMAP_SETTINGS = ("defaults", "nerfstudio")
+
+
+def run_colmap(scene: Path, matching: str, num_threads: int, settings: str = "defaults") -> Dict:
+    """pycolmap's COLMAP pipeline with the given settings; returns timings, counts and poses by stem."""
     import pycolmap
 
+    if settings not in COLMAP_SETTINGS:
+        raise ValueError(f"unknown COLMAP settings {settings!r}; choose one of {COLMAP_SETTINGS}")
+    ns = settings == "nerfstudio"
     images = _image_dir(scene)
     work = Path(tempfile.mkdtemp(prefix="bench_colmap_"))
     try:
@@ -57,7 +70,12 @@ def run_colmap(scene: Path, matching: str, num_threads: int) -> Dict:
         t0 = time.perf_counter()
         ext = pycolmap.FeatureExtractionOptions()
         ext.num_threads = num_threads
-        pycolmap.extract_features(db, images, extraction_options=ext, device=pycolmap.Device.cpu)
+        reader = pycolmap.ImageReaderOptions()
+        mode = pycolmap.CameraMode.AUTO
+        if ns:
+            reader.camera_model = "OPENCV"
+            mode = pycolmap.CameraMode.SINGLE
+        pycolmap.extract_features(db, images, camera_mode=mode, reader_options=reader, extraction_options=ext, device=pycolmap.Device.cpu)
         t["features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         mopts = pycolmap.FeatureMatchingOptions()
@@ -70,11 +88,23 @@ def run_colmap(scene: Path, matching: str, num_threads: int) -> Dict:
         t0 = time.perf_counter()
         opts = pycolmap.IncrementalPipelineOptions()
         opts.num_threads = num_threads
+        if ns:
+            opts.ba_global_function_tolerance = 1e-6
         maps = pycolmap.incremental_mapping(db, images, work / "sparse", options=opts)
         t["mapping"] = time.perf_counter() - t0
         if not maps:
             return {"timings": t, "registered": 0, "points": 0, "reproj": float("nan"), "poses": {}, "num_images": len(list(images.iterdir()))}
         rec = max(maps.values(), key=lambda r: r.num_reg_images())
+        note = ""
+        if 0 in maps and maps[0].num_reg_images() < rec.num_reg_images():
+            # ns-process-data converts sparse/0 only: here that is not the largest model
+            note = f"sparse/0 holds {maps[0].num_reg_images()} images; the largest model is scored"
+        if ns:  # then `colmap bundle_adjuster --BundleAdjustment.refine_principal_point 1`
+            t0 = time.perf_counter()
+            ba = pycolmap.BundleAdjustmentOptions()
+            ba.refine_principal_point = True
+            pycolmap.bundle_adjustment(rec, ba)
+            t["refine intrinsics"] = time.perf_counter() - t0
         poses = {Path(im.name).stem: im.cam_from_world().matrix() for im in rec.images.values() if im.has_pose}
         return {
             "timings": t,
@@ -82,6 +112,7 @@ def run_colmap(scene: Path, matching: str, num_threads: int) -> Dict:
             "points": rec.num_points3D(),
             "reproj": rec.compute_mean_reprojection_error(),
             "poses": poses,
+            "note": note,
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -117,6 +148,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--preset", nargs="+", default=["default"], help="our presets to run (each with every tracker)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per method; the table shows the median time (and the range)")
     ap.add_argument("--colmap", choices=["exhaustive", "sequential", "none"], default="exhaustive")
+    ap.add_argument("--colmap-settings", nargs="+", choices=list(COLMAP_SETTINGS), default=["defaults"],
+                    help="COLMAP configurations to run: pycolmap's defaults and/or those of ns-process-data")
     ap.add_argument("--reference", type=Path, default=None, help="reference poses for a single scene")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--markdown", type=Path, default=None, help="append the results to this markdown file")
@@ -127,7 +160,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         ref = _reference(scene, args.reference if len(args.scenes) == 1 else None)
         runs = []
         if args.colmap != "none":
-            runs.append((f"COLMAP ({args.colmap})", lambda s=scene: run_colmap(s, args.colmap, args.threads)))
+            for st in args.colmap_settings:
+                label = f"COLMAP ({args.colmap})" if st == "defaults" else f"COLMAP ({args.colmap}, nerfstudio settings)"
+                runs.append((label, lambda s=scene, st=st: run_colmap(s, args.colmap, args.threads, st)))
         for pr in args.preset:
             for tr in args.trackers:
                 label = f"vggsfm-ns {tr}" + ("" if pr == "default" else f" (preset {pr})")
@@ -161,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     "RRA@5": m.get("RRA@5"),
                     "RTA@5": m.get("RTA@5"),
                     "AUC@30": m.get("AUC@30"),
-                    "error": r.get("error", ""),
+                    "error": r.get("error", "") or r.get("note", ""),
                 }
             )
             print(rows[-1], flush=True)
