@@ -196,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                     "RRA@5": m.get("RRA@5"),
                     "RTA@5": m.get("RTA@5"),
                     "AUC@30": m.get("AUC@30"),
-                    "error": r.get("error", "") or r.get("note", ""),
+                    "remark": r.get("error", "") or r.get("note", ""),
                 }
             )
             print(rows[-1], flush=True)
@@ -205,7 +205,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     lines = [header, "|" + "---|" * 10]
     fmt = lambda v: "–" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))  # noqa: E731
     for r in rows:
-        extra = f" ({r['error']})" if r["error"] else ""
+        extra = f" ({r['remark']})" if r["remark"] else ""
         lines.append(
             f"| {r['scene']} | {r['method']}{extra} | {r['seconds']:.1f}{r['spread']} | {r['stages']} | {r['registered']} | {r['points']} | "
             f"{fmt(r['reproj'])} | {fmt(r['RRA@5'])} | {fmt(r['RTA@5'])} | {fmt(r['AUC@30'])} |"
