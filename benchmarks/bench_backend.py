@@ -32,6 +32,7 @@ def run(args, missing: float, label: str) -> None:
     from vggsfm_ns.metrics import pose_metrics
     from vggsfm_ns.sfm.backend import reconstruct_from_tracks
     from vggsfm_ns.sfm.synthetic import make_scene
+    from vggsfm_ns.threads import cpu_workers
 
     scene = make_scene(num_frames=args.frames, num_points=args.points, trajectory=args.trajectory,
                        image_size=(args.size, args.size), focal=args.focal, missing_ratio=missing,
@@ -43,7 +44,7 @@ def run(args, missing: float, label: str) -> None:
     m = pose_metrics(res.extrinsics.numpy(), scene.extrinsics, v)
     ferr = np.abs(res.intrinsics[v, 0, 0].numpy() / scene.intrinsics[v, 0, 0] - 1).max()
     print(f"\n## {label}: {args.frames} frames, {scene.tracks.num_tracks} tracks, {int(scene.observed.sum())} observations")
-    print(f"wall {wall:.2f} s, process CPU {cpu:.2f} s (torch single-threaded inside the back end, Ceres on all cores)")
+    print(f"wall {wall:.2f} s, process CPU {cpu:.2f} s ({cpu_workers()} worker threads, one torch thread each; Ceres on as many)")
     print("steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.stats["timings"].items()))
     print("inside (s): " + ", ".join(f"{k} {v:.2f}" for k, v in res.stats["step_seconds"].items()))
     print(f"registered {int(v.sum())}/{args.frames}, points {res.stats['num_points']}, observations {res.stats['num_observations']}, "

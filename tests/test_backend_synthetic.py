@@ -99,6 +99,27 @@ def test_simple_pinhole_per_frame_cameras_model_and_colours():
     assert {"two_view", "register", "global_ba", "total"} <= set(res.stats["timings"])
 
 
+def test_result_independent_of_cpu_workers():
+    """Triangulation chunks and pose refinements run on worker threads; the model must not depend
+    on how many."""
+    scene = make_scene(num_frames=16, num_points=1000, trajectory="orbit", image_size=(640, 480), focal=600.0, seed=11)
+    old = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            out.append(reconstruct_from_tracks(scene.tracks, None, SfMConfig(), CameraConfig(), seed=0))
+    finally:
+        torch.set_num_threads(old)
+    a, b = out
+    assert torch.equal(a.valid_frame_mask, b.valid_frame_mask) and a.valid_frame_mask.all()
+    assert torch.equal(a.point_track_ids, b.point_track_ids)
+    assert torch.equal(a.track_inlier_mask, b.track_inlier_mask)
+    torch.testing.assert_close(a.extrinsics, b.extrinsics, atol=1e-7, rtol=0)
+    torch.testing.assert_close(a.intrinsics, b.intrinsics, atol=1e-5, rtol=0)
+    check_accuracy(b, scene)
+
+
 def test_simple_radial_padded_square_frames():
     scene = make_scene(num_frames=24, num_points=1500, trajectory="orbit", image_size=(800, 600), focal=700.0,
                        camera_type="SIMPLE_RADIAL", distortion=[0.05], processed="square", processed_size=512, seed=2)

@@ -215,6 +215,39 @@ def test_triangulate_tracks_mixed_lengths_independent_of_chunking():
     assert not (ma & out.T).any()
 
 
+def test_triangulate_tracks_independent_of_workers():
+    S, N = 40, 500
+    ext, X, noisy, out, g = _noisy_tracks(S, N, 2, 0.1)
+    keep = torch.rand(S, N, generator=g) < torch.linspace(0.05, 1.0, N)[None]
+    keep[:2] = True
+    kw = dict(max_ransac_iters=16, lo_num=6, lo_num_second=3)
+    Xa, na, ma = tri.triangulate_tracks(ext, noisy, keep, num_workers=1, **kw)
+    for w, cap in ((2, 0), (3, 0), (3, 29)):
+        Xb, nb, mb = tri.triangulate_tracks(ext, noisy, keep, num_workers=w, max_tracks_per_chunk=cap, **kw)
+        assert torch.equal(na, nb) and torch.equal(ma, mb)
+        torch.testing.assert_close(Xa, Xb)
+    assert (na >= 3).float().mean() > 0.95
+
+
+def test_balanced_jobs_cover_every_track_once_with_bounded_cost():
+    chunks = [(0, 100, 3), (100, 130, 6), (130, 131, 12), (131, 400, 40)]
+    total = sum((b - a) * V for a, b, V in chunks)
+    assert tri._balanced(chunks, 1) == chunks
+    jobs = tri._balanced(chunks, 2)
+    target = total / (tri.JOBS_PER_WORKER * 2)
+    # every track once, with its chunk's padded view count
+    covered = sorted((a, b, V) for a, b, V in jobs)
+    pos = 0
+    for a, b, V in covered:
+        assert a == pos and b > a
+        assert V == next(Vc for ac, bc, Vc in chunks if ac <= a and b <= bc)
+        pos = b
+    assert pos == 400
+    assert max((b - a) * V for a, b, V in jobs) <= target + 40  # at most one track over the target
+    costs = [(b - a) * V for a, b, V in jobs]
+    assert costs == sorted(costs, reverse=True)  # largest first
+
+
 def test_triangulate_tracks_skips_tracks_without_two_views():
     ext, X = _cams(5), _points(20)
     uv = _normalized(ext, X)

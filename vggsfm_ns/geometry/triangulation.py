@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 from itertools import combinations
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
+from ..threads import cpu_workers, thread_map
 from .camera import camera_centers
 from .chunking import chunk_size
 from .epipolar import residual_indicator
@@ -576,6 +577,7 @@ def triangulate_tracks(
     seed: int = 0,
     max_tracks_per_chunk: int = 0,
     exact_max_views: int = 8,
+    num_workers: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Robust multi-view triangulation of tracks with known cameras (LO-RANSAC).
 
@@ -604,6 +606,8 @@ def triangulate_tracks(
         seed: seed of the per-track pair sampling.
         max_tracks_per_chunk: tracks processed at once (0: from free memory).
         exact_max_views: above this many frames the angle check uses the double sweep.
+        num_workers: CPU threads that process chunks of tracks in parallel (default
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it.
 
     Returns:
         ``(points [N, 3], inlier_count [N] int64, inlier_mask [N, S] bool)``.
@@ -644,7 +648,13 @@ def triangulate_tracks(
         # compact each track to its valid views (sparse tracks: V << S); chunks by view count
         todo = todo[torch.argsort(nvalid[todo], stable=True)]
     H_tot = H + min(lo_num, H) + min(lo_num_second, lo_num, H)
-    for a, b, V in _view_chunks(nvalid[todo] if pairs is None else torch.full((todo.numel(),), S, device=dev), H_tot, max_tracks_per_chunk, dev, exact_max_views):
+    workers = 1 if dev.type != "cpu" else (cpu_workers() if num_workers is None else max(1, int(num_workers)))
+    views = nvalid[todo] if pairs is None else torch.full((todo.numel(),), S, device=dev)
+    # the chunks that run at the same time share the memory budget
+    jobs = _balanced(list(_view_chunks(views, H_tot, max_tracks_per_chunk, dev, exact_max_views, share=workers)), workers)
+
+    def run(job: Tuple[int, int, int]) -> None:
+        a, b, V = job
         sel = todo[a:b]
         if pairs is None:
             order = torch.argsort((~val[sel]).to(torch.int8), dim=-1, stable=True)[:, :V]  # valid views first
@@ -661,7 +671,10 @@ def triangulate_tracks(
         )
         full = torch.zeros(sel.numel(), S, dtype=torch.bool, device=dev)
         full.scatter_(1, order, m)
-        out_X[sel], out_n[sel], out_m[sel] = X, n, full
+        out_X[sel], out_n[sel], out_m[sel] = X, n, full  # disjoint rows per job
+
+    for _ in thread_map(run, jobs, workers):
+        pass
     return out_X, out_n, out_m
 
 
@@ -671,8 +684,37 @@ def triangulate_tracks(
 LONG_TRACK_VIEWS, LONG_TRACK_HYPOTHESES = 10, 10
 
 
-def _view_chunks(views: torch.Tensor, H_tot: int, max_tracks: int, device, exact_max_views: int):
-    """``(start, stop, V)`` chunks over tracks sorted by view count, sized from memory.
+def _track_bytes(V: int, H_tot: int, exact_max_views: int) -> float:
+    """Peak bytes of one track of ``V`` views with ``H_tot`` hypotheses in :func:`triangulate_tracks`."""
+    return 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
+
+
+#: :func:`_balanced` splits the work into about this many jobs per worker.
+JOBS_PER_WORKER = 4
+
+
+def _balanced(chunks: List[Tuple[int, int, int]], workers: int) -> List[Tuple[int, int, int]]:
+    """Split ``(start, stop, V)`` chunks so that no job costs more than ``1 / (JOBS_PER_WORKER *
+    workers)`` of the total (cost: tracks x views), largest first; unchanged for one worker.
+
+    Tracks of a piece keep the chunk's padded view count ``V``, so every track is computed exactly
+    as in the unsplit chunk.
+    """
+    if workers <= 1 or not chunks:
+        return chunks
+    total = sum((b - a) * V for a, b, V in chunks)
+    target = max(1.0, total / (JOBS_PER_WORKER * workers))
+    jobs = []
+    for a, b, V in chunks:
+        pieces = max(1, min(b - a, math.ceil((b - a) * V / target)))
+        edges = [a + (b - a) * k // pieces for k in range(pieces + 1)]
+        jobs += [(edges[k], edges[k + 1], V) for k in range(pieces) if edges[k + 1] > edges[k]]
+    return sorted(jobs, key=lambda j: -(j[1] - j[0]) * j[2])
+
+
+def _view_chunks(views: torch.Tensor, H_tot: int, max_tracks: int, device, exact_max_views: int, share: int = 1):
+    """``(start, stop, V)`` chunks over tracks sorted by view count, sized from memory (``share``
+    chunks at a time).
 
     Each chunk is padded to its largest view count ``V``, so a chunk spans at most a doubling of
     the view count (tracks of 3 and of 50 views in one chunk would cost 50 views each), and never
@@ -684,7 +726,7 @@ def _view_chunks(views: torch.Tensor, H_tot: int, max_tracks: int, device, exact
     bounds = torch.tensor(sorted({exact_max_views + 1, LONG_TRACK_VIEWS}), dtype=vs.dtype)
 
     def per_track(V: int) -> float:
-        return 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
+        return _track_bytes(V, H_tot, exact_max_views)
 
     start = 0
     while start < n:
@@ -697,7 +739,7 @@ def _view_chunks(views: torch.Tensor, H_tot: int, max_tracks: int, device, exact
             cap = min(cap, int(above[0]) - 1)
         stop = min(n, int(torch.searchsorted(vs, cap, right=True)))
         V = int(vs[stop - 1])  # the largest in the chunk (sorted)
-        stop = min(stop, start + chunk_size(n - start, per_track(V), max_tracks, device=device))
+        stop = min(stop, start + chunk_size(n - start, per_track(V) * share, max_tracks, device=device))
         V = int(vs[stop - 1])
         yield start, stop, V
         start = stop

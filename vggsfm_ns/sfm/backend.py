@@ -39,12 +39,13 @@ Differences from the official code, each for robustness or speed:
   official filter also counts positions of invisible track points that happen to reproject.
 
 Everything per point is vectorised and chunked; pycolmap does bundle adjustment, pose refinement
-and PnP. Torch runs single-threaded inside (:func:`torch_threads`).
+and PnP. Torch runs single-threaded inside (:func:`vggsfm_ns.threads.torch_threads`); chunks of
+tracks and per-frame pose refinements run in parallel on :func:`vggsfm_ns.threads.cpu_workers`
+threads, with results independent of the thread count.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from typing import Dict, List, Optional, Tuple
@@ -59,6 +60,7 @@ from ..geometry.camera import cam_from_img, num_extra_params, undistort
 from ..geometry.filtering import filter_points3d, reprojection_errors, valid_frame_mask
 from ..geometry.triangulation import triangulate_by_pair, triangulate_tracks
 from ..progress import PipelineObserver, ReconstructionSnapshot, Stage
+from ..threads import cpu_workers, thread_map, torch_threads
 from ..types import CameraPrior, FrameSet, KnownIntrinsics, SfMResult, TrackSet
 from . import colmap_build as cb
 
@@ -197,6 +199,7 @@ class _Model:
         self.ba_log: List[Dict] = []
         self.min_len_cap: Optional[int] = None
         self.seconds: Dict[str, float] = {}
+        self.workers = cpu_workers()
 
     # ---------------------------------------------------------------- helpers
     def extra_or_none(self, idx=None):
@@ -261,6 +264,7 @@ class _Model:
             lo_num_second=TRI_LO_SECOND,
             seed=self.seed,
             max_tracks_per_chunk=self.cfg.max_points_per_chunk,
+            num_workers=self.workers,
         )
         inl = torch.zeros_like(self.inl)
         inl[reg] = m.T
@@ -499,26 +503,36 @@ class _Model:
         err = reprojection_errors(X, self.xy[:, idx], self.ext, self.K, self.extra_or_none())
         inl = (self.obs[:, idx] & (err <= POSE_MAX_ERROR)).numpy()
         X_np = X.numpy()
-        changed = 0
-        for i in range(self.S):
+        obs = self.obs[:, idx].numpy()
+        was_registered = self.registered.numpy().copy()
+
+        def one(i: int) -> Tuple[int, bool]:
+            """Frame ``i`` alone (writes only its own pose and camera): ``(changed, newly registered)``."""
             p2 = self.xy[i, idx].numpy()
-            done = False
-            if self.registered[i] and inl[i].sum() > min_inliers:
+            if was_registered[i] and inl[i].sum() > min_inliers:
                 m = inl[i]
                 if m.sum() > POSE_MAX_POINTS:
                     m = np.zeros_like(m)
                     rng = np.random.default_rng(self.seed + i)
                     m[rng.choice(np.nonzero(inl[i])[0], POSE_MAX_POINTS, replace=False)] = True
-                done = self.refine_frame(i, m, p2, X_np)
-                changed += int(done)
-            if not done and (force or not self.registered[i]):
-                m = self.obs[i, idx].numpy()
-                relaxed = force and not self.registered[i]
+                if self.refine_frame(i, m, p2, X_np):
+                    return 1, False
+            if force or not was_registered[i]:
+                m = obs[i]
+                relaxed = force and not was_registered[i]
                 n = self.pnp_frame(i, p2[m], X_np[m], min_corr=8 if relaxed else MIN_PNP_CORRESPONDENCES,
                                    min_inliers=8 if relaxed else MIN_PNP_INLIERS)
                 if n is not None:
-                    self.registered[i] = True
-                    changed += 1
+                    return 1, not was_registered[i]
+            return 0, False
+
+        # the frames are independent here (each job reads the points and writes only its own frame),
+        # so they run in parallel with the same result as in sequence
+        changed = 0
+        for i, (c, new) in enumerate(thread_map(one, range(self.S), self.workers)):
+            changed += c
+            if new:
+                self.registered[i] = True
         self.sync_groups()
         return changed
 
@@ -698,20 +712,26 @@ def _camera_groups(transforms: List[ImageTransform], camera_cfg: CameraConfig, p
 
 
 def _sample_colors(frames: FrameSet, valid: torch.Tensor, xy_orig: torch.Tensor, inl: torch.Tensor, point_idx: torch.Tensor) -> np.ndarray:
-    """Mean bilinear colour of each point over its inlier observations (original images)."""
+    """Mean bilinear colour of each point over its inlier observations (original images).
+
+    Frames are decoded and sampled on :func:`vggsfm_ns.threads.cpu_workers` threads and summed in
+    frame order (the same result as in sequence); only the four neighbours of each observation are
+    converted to float.
+    """
     P = point_idx.numel()
     acc = np.zeros((P, 3))
     cnt = np.zeros(P)
-    for i in torch.nonzero(valid).flatten().tolist():
-        m = inl[i, point_idx].numpy()
-        if not m.any():
-            continue
-        img = np.asarray(frames.image(i), np.float64)
+    inl_np = inl[:, point_idx].numpy()
+    xy_np = xy_orig[:, point_idx].numpy()
+
+    def one(i: int) -> Tuple[np.ndarray, np.ndarray]:
+        m = inl_np[i]
+        img = np.asarray(frames.image(i))
         if img.ndim == 2:
             img = img[..., None].repeat(3, -1)
         img = img[..., :3]
         H, W = img.shape[:2]
-        p = xy_orig[i, point_idx].numpy()[m] - 0.5  # corner -> centre convention
+        p = xy_np[i][m] - 0.5  # corner -> centre convention
         x = np.clip(p[:, 0], 0, W - 1)
         y = np.clip(p[:, 1], 0, H - 1)
         x0 = np.floor(x).astype(int)
@@ -720,28 +740,19 @@ def _sample_colors(frames: FrameSet, valid: torch.Tensor, xy_orig: torch.Tensor,
         y1 = np.minimum(y0 + 1, H - 1)
         ax = (x - x0)[:, None]
         ay = (y - y0)[:, None]
-        c = (img[y0, x0] * (1 - ax) * (1 - ay) + img[y0, x1] * ax * (1 - ay) + img[y1, x0] * (1 - ax) * ay + img[y1, x1] * ax * ay)
+
+        def px(yy, xx):
+            return img[yy, xx].astype(np.float64)
+
+        return m, px(y0, x0) * (1 - ax) * (1 - ay) + px(y0, x1) * ax * (1 - ay) + px(y1, x0) * (1 - ax) * ay + px(y1, x1) * ax * ay
+
+    todo = [i for i in torch.nonzero(valid).flatten().tolist() if inl_np[i].any()]
+    for m, c in thread_map(one, todo):
         acc[m] += c
         cnt[m] += 1
     col = acc / np.maximum(cnt, 1)[:, None]
     col[cnt == 0] = 128
     return np.clip(np.round(col), 0, 255).astype(np.uint8)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run torch's CPU ops with ``n`` threads inside the block, then restore the previous count.
-
-    The back end's tensors are small enough (~1e5 elements per op) that OpenMP threading gains
-    little, while on a loaded machine (other processes on the same cores) spinning worker threads
-    make every op many times slower; the bundle adjuster keeps its own threads.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def reconstruct_from_tracks(

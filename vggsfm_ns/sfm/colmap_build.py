@@ -12,6 +12,7 @@ Source: official ``vggsfm/utils/tensor_to_pycolmap.py`` (``batch_matrix_to_pycol
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -23,17 +24,31 @@ from ..geometry.camera import colmap_params, from_colmap_params
 MAX_POINT_COORD = 3000.0
 
 
+_glog_lock = threading.Lock()
+_glog_state = {"depth": 0, "saved": 0}
+
+
 @contextlib.contextmanager
 def quiet_glog() -> Iterator[None]:
-    """Silence COLMAP's glog INFO lines (``=== Global bundle adjustment ===``) inside the block."""
+    """Silence COLMAP's glog INFO lines (``=== Global bundle adjustment ===``) inside the block.
+
+    Safe with blocks on several threads at once: the first block to enter saves the level, the
+    last to leave restores it.
+    """
     import pycolmap
 
-    old = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = max(old, 2)
+    with _glog_lock:
+        if _glog_state["depth"] == 0:
+            _glog_state["saved"] = pycolmap.logging.minloglevel
+            pycolmap.logging.minloglevel = max(_glog_state["saved"], 2)
+        _glog_state["depth"] += 1
     try:
         yield
     finally:
-        pycolmap.logging.minloglevel = old
+        with _glog_lock:
+            _glog_state["depth"] -= 1
+            if _glog_state["depth"] == 0:
+                pycolmap.logging.minloglevel = _glog_state["saved"]
 
 
 def make_camera(camera_type: str, K: np.ndarray, extra: Optional[np.ndarray], width: int, height: int, camera_id: int):
@@ -202,8 +217,13 @@ def ba_options(max_iterations: int = 50, function_tolerance: float = 0.0, refine
         refine_intrinsics: refine focal lengths (False for fixed, known intrinsics).
         refine_extra: refine distortion parameters.
         official_prepare: multiply the solver tolerances by 10 (``prepare_ba_options``).
+
+    Ceres uses :func:`vggsfm_ns.threads.cpu_workers` threads (pycolmap's default is every logical
+    core), on problems from pycolmap's ``min_num_residuals_for_cpu_multi_threading`` up.
     """
     import pycolmap
+
+    from ..threads import cpu_workers
 
     o = pycolmap.BundleAdjustmentOptions()
     o.print_summary = False
@@ -218,6 +238,7 @@ def ba_options(max_iterations: int = 50, function_tolerance: float = 0.0, refine
         so.max_linear_solver_iterations = 200
     so.function_tolerance = max(so.function_tolerance, float(function_tolerance))
     so.max_num_iterations = int(max_iterations)
+    so.num_threads = cpu_workers()
     return o
 
 

@@ -21,7 +21,8 @@ from ..geometry.camera import cam_from_img
 from ..geometry.filtering import filter_points3d
 from ..geometry.triangulation import triangulate_tracks
 from ..types import FrameSet, SfMResult, TrackSet
-from .backend import SCORE_THRESH, TRI_HYPOTHESES, TRI_LO, TRI_LO_SECOND, VIS_THRESH, torch_threads
+from ..threads import torch_threads
+from .backend import SCORE_THRESH, TRI_HYPOTHESES, TRI_LO, TRI_LO_SECOND, VIS_THRESH
 
 #: Extra points need more than this many inlier views (official ``extra_inlier_num > 3``).
 MIN_EXTRA_INLIERS = 3

@@ -1675,7 +1675,7 @@ def reconstruct_video(
     Source: official ``VideoRunner.run`` (``vggsfm/runners/video_runner.py``), with the robustness
     changes listed in the module docstring.
     """
-    from .backend import torch_threads
+    from ..threads import torch_threads
 
     if len(frames) < 3:
         raise InputError(f"the video mode needs at least 3 frames, got {len(frames)}", frames.source)

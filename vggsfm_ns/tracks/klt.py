@@ -39,6 +39,7 @@ from ..config import TrackConfig
 from ..conventions import ImageTransform
 from ..errors import InputError
 from ..progress import PipelineObserver, Stage
+from ..threads import cpu_workers, thread_map
 from ..types import FrameSet, TrackSet
 
 #: LK window (pixels of each pyramid level), pyramid depth and stopping criteria.
@@ -469,18 +470,11 @@ def _track_seeds(
 
     view = _Positional()
     # the two sweeps write disjoint entries (after / before each track's query frame): run them on
-    # two threads (OpenCV and numpy release the GIL)
+    # two threads when there are two workers (OpenCV and numpy release the GIL)
     orders = [list(range(S)), list(range(S - 1, -1, -1))]
     args = (seed_ids, query_xy, query_pos, tracks, vis, fb_threshold, anchor_refine, on_step)
-    if torch.get_num_threads() > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(2) as ex:
-            for fut in [ex.submit(_sweep, view, order, *args) for order in orders]:
-                fut.result()
-    else:
-        for order in orders:
-            _sweep(view, order, *args)
+    for _ in thread_map(lambda order: _sweep(view, order, *args), orders, min(2, cpu_workers())):
+        pass
     _fill_invisible(tracks, vis, query_pos)
     return tracks, vis, query_pos
 

@@ -29,15 +29,14 @@ contract (:class:`vggsfm_ns.types.TrackSet`) and the same query-frame structure 
 
 All coordinates are pixel-centre ``(x, y)`` in the processed frame
 (:func:`vggsfm_ns.preprocess.resize_transforms` with ``cfg.max_image_size``, no padding).
-Every matrix product and reduction runs on one torch thread per worker, with
-``torch.get_num_threads()`` workers (pairs in parallel).
+Frames and pairs are processed in parallel on :func:`vggsfm_ns.threads.cpu_workers` threads, each
+matrix product and reduction on one torch thread (:func:`vggsfm_ns.threads.thread_map`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -47,6 +46,7 @@ import torch
 from ..config import TrackConfig
 from ..errors import InputError
 from ..progress import PipelineObserver, Stage
+from ..threads import thread_map
 from ..types import FrameSet, TrackSet
 
 #: SIFT features per frame (strongest first).
@@ -107,27 +107,6 @@ def _use_bf16() -> bool:
     return False
 
 
-class _single_threaded_torch:
-    """Run torch ops on one intra-op thread (we parallelise over pairs instead).
-
-    Many small matrix products and reductions are several times faster this way than with an
-    OpenMP team per op, and much faster when the machine is busy.
-    """
-
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.n)
-
-
-def _workers() -> int:
-    """Worker threads: torch's intra-op thread count (2 on CI), read before it is set to 1."""
-    return max(1, min(16, torch.get_num_threads()))
-
-
 def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, small_frame: int) -> _Features:
     import cv2
 
@@ -153,13 +132,12 @@ def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, 
     cv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        with ThreadPoolExecutor(_workers()) as ex, _single_threaded_torch():
-            for xy, scale, desc, size in ex.map(one, range(len(frames))):
-                feats.xy.append(xy)
-                feats.scale.append(scale)
-                feats.desc.append(torch.from_numpy(desc))
-                feats.sizes.append(size)
-                stage.advance()
+        for xy, scale, desc, size in thread_map(one, range(len(frames))):
+            feats.xy.append(xy)
+            feats.scale.append(scale)
+            feats.desc.append(torch.from_numpy(desc))
+            feats.sizes.append(size)
+            stage.advance()
     finally:
         cv2.setNumThreads(cv_threads)
     return feats
@@ -426,8 +404,8 @@ def _retrieval_scores(feats: _Features, num: int, bf16: bool) -> np.ndarray:
         ok = mutual & (d1 < RATIO * d2) & (d1 < MAX_DISTANCE) & V[i][:, None] & torch.gather(V, 1, best.T).T
         scores[i] = ok.sum(0).numpy()
 
-    with ThreadPoolExecutor(_workers()) as ex, _single_threaded_torch():
-        list(ex.map(one, range(S)))
+    for _ in thread_map(one, range(S)):
+        pass
     scores = np.minimum(scores, scores.T)
     np.fill_diagonal(scores, 0)
     return scores
@@ -467,7 +445,7 @@ def _match_and_verify(
     stage: Stage,
     guided: bool = True,
 ) -> Tuple[Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]], Dict[Tuple[int, int], np.ndarray]]:
-    """Match, verify and re-match every pair; one job per pair on two worker threads.
+    """Match, verify and re-match every pair; one job per pair (:func:`~vggsfm_ns.threads.thread_map`).
 
     1. Mutual nearest neighbours with the ratio test (:func:`_match_descriptors`).
     2. Fundamental-matrix LO-RANSAC (poselib, Sampson threshold ``threshold`` px); the pair is
@@ -506,13 +484,12 @@ def _match_and_verify(
 
     verified: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
     fmats: Dict[Tuple[int, int], np.ndarray] = {}
-    with ThreadPoolExecutor(_workers()) as ex, _single_threaded_torch():
-        for n, (pair, m, F) in enumerate(ex.map(one, pairs)):
-            if m is not None:
-                verified[pair] = m
-                fmats[pair] = F
-            if n % 16 == 15:
-                stage.advance(16)
+    for n, (pair, m, F) in enumerate(thread_map(one, pairs)):
+        if m is not None:
+            verified[pair] = m
+            fmats[pair] = F
+        if n % 16 == 15:
+            stage.advance(16)
     stage.advance(len(pairs) % 16)
     return verified, fmats
 
@@ -881,9 +858,8 @@ def _to_arrays(feats, builder, obs, direct, qf, fmats, threshold, seed: int = 0)
         _, info = poselib.estimate_fundamental(anchor_xy[c].astype(np.float64), tracks[f, c].astype(np.float64), ransac, {})
         return f, c, np.asarray(info["inliers"], bool)
 
-    with ThreadPoolExecutor(_workers()) as ex:
-        for f, c, inl in ex.map(fit, jobs):
-            keep[f, c[~inl]] = False
+    for f, c, inl in thread_map(fit, jobs):
+        keep[f, c[~inl]] = False
     vis = keep.astype(np.float32)
     fill = ~keep
     tracks[fill] = np.broadcast_to(anchor_xy[None], (S, N, 2))[fill]

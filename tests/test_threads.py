@@ -1,0 +1,115 @@
+"""The CPU threading policy (:mod:`vggsfm_ns.threads`) and the thread-safe glog silencer."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from vggsfm_ns.threads import MAX_WORKERS, cpu_workers, thread_map, torch_threads
+
+
+@pytest.fixture
+def three_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_torch_threads_sets_restores_and_nests(three_threads):
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+        assert cpu_workers() == 3  # the caller's count, not the block's
+        with torch_threads(2):
+            assert torch.get_num_threads() == 2
+            assert cpu_workers() == 3
+        assert torch.get_num_threads() == 1  # the inner block gives back the outer block's value
+    assert torch.get_num_threads() == 3
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == 3 and cpu_workers() == 3
+
+
+def test_cpu_workers_clipped(three_threads):
+    torch.set_num_threads(MAX_WORKERS + 8)
+    assert cpu_workers() == MAX_WORKERS
+
+
+def test_thread_map_order_parallelism_and_single_threaded_torch(three_threads):
+    barrier = threading.Barrier(3, timeout=30)  # only passes if three jobs run at the same time
+    seen = []
+
+    def job(i):
+        if i < 3:
+            barrier.wait()
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return i * i
+
+    assert list(thread_map(job, range(10))) == [i * i for i in range(10)]
+    assert len({t for t, _ in seen}) == 3
+    assert all(n == 1 for _, n in seen)  # torch runs one intra-op thread inside jobs
+    assert torch.get_num_threads() == 3
+
+
+def test_thread_map_serial_cases_and_errors(three_threads):
+    main = threading.get_ident()
+    ids = []
+    out = list(thread_map(lambda i: ids.append(threading.get_ident()) or -i, [4, 5, 6], workers=1))
+    assert out == [-4, -5, -6] and set(ids) == {main}
+    assert list(thread_map(lambda i: i, [])) == []
+
+    def bad(i):
+        if i == 2:
+            raise ValueError(f"job {i}")
+        return i
+
+    with pytest.raises(ValueError, match="job 2"):
+        list(thread_map(bad, range(5), workers=2))
+    assert torch.get_num_threads() == 3
+
+
+def test_quiet_glog_restores_level_with_overlapping_threads():
+    import pycolmap
+
+    from vggsfm_ns.sfm.colmap_build import quiet_glog
+
+    old = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 0
+    try:
+        entered = threading.Barrier(2, timeout=30)
+        first_left = threading.Event()
+        levels = []
+
+        def first():
+            with quiet_glog():
+                entered.wait()
+            first_left.set()
+
+        def second():
+            with quiet_glog():
+                entered.wait()
+                first_left.wait(30)
+                levels.append(pycolmap.logging.minloglevel)  # still silenced: one block is open
+
+        ts = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert levels == [2]
+        assert pycolmap.logging.minloglevel == 0  # the last block out restores the caller's level
+    finally:
+        pycolmap.logging.minloglevel = old
+
+
+def test_bundle_adjustment_threads_follow_cpu_workers(three_threads):
+    from vggsfm_ns.sfm.colmap_build import ba_options
+
+    with torch_threads(1):  # the back end's own block: Ceres still gets the caller's count
+        assert ba_options().ceres.solver_options.num_threads == 3
+    torch.set_num_threads(1)
+    assert ba_options().ceres.solver_options.num_threads == 1
+

@@ -1,0 +1,82 @@
+"""CPU threading policy: one torch thread per op, parallelism over independent jobs.
+
+The CPU parts of the pipeline (SIFT matching, LO-RANSAC triangulation, pose refinement) consist of
+many small, independent jobs: a frame pair, a chunk of tracks, a frame. Each op is too small for an
+OpenMP team to pay off, and OpenMP workers spin-wait, which makes every op many times slower when
+another process holds a core (measured in ``docs/benchmarks.md``: fox back end 3.8 s -> 7.9 s with
+two torch threads and one busy core). So torch runs on one intra-op thread
+(:func:`torch_threads`) and :func:`thread_map` runs the jobs on :func:`cpu_workers` Python threads;
+torch, numpy, OpenCV, poselib and pycolmap release the GIL inside their kernels.
+
+The worker count follows torch's intra-op thread count as the caller set it (``torch.set_num_threads``
+or ``OMP_NUM_THREADS``; torch's default is the number of physical cores), read *outside* any
+:func:`torch_threads` block, so ``torch.set_num_threads(1)`` makes the compute stages serial
+(bundle adjustment too: :func:`vggsfm_ns.sfm.colmap_build.ba_options`); reading the input frames
+and writing the dataset keep their own I/O threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, List, Optional, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Most worker threads :func:`cpu_workers` returns.
+MAX_WORKERS = 16
+
+_lock = threading.Lock()
+_outer: List[int] = []  # torch thread counts saved by the active torch_threads blocks, outermost first
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch's CPU ops with ``n`` intra-op threads inside the block, then restore the count.
+
+    Nested blocks and blocks on several Python threads are allowed (the count is process-wide; once
+    every block has exited it is the caller's value again). :func:`cpu_workers` keeps returning the
+    caller's count inside the block.
+    """
+    with _lock:
+        _outer.append(torch.get_num_threads())
+        torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        with _lock:
+            torch.set_num_threads(_outer.pop())
+
+
+def cpu_workers() -> int:
+    """Worker threads for :func:`thread_map`: torch's intra-op thread count outside every active
+    :func:`torch_threads` block, clipped to ``[1, MAX_WORKERS]``."""
+    with _lock:
+        n = _outer[0] if _outer else torch.get_num_threads()
+    return max(1, min(MAX_WORKERS, int(n)))
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: Optional[int] = None) -> Iterator[R]:
+    """``fn`` over ``items`` on ``workers`` threads (default :func:`cpu_workers`), results in input
+    order, with torch on one intra-op thread while it runs.
+
+    Serial (same thread, same order) when there is one worker or at most one item, so a caller's
+    results never depend on the worker count as long as the jobs are independent. Exceptions of a
+    job propagate to the caller. A generator: consume it to run the jobs.
+    """
+    items = list(items)
+    n = cpu_workers() if workers is None else max(1, int(workers))
+    with torch_threads(1):
+        if n == 1 or len(items) <= 1:
+            for item in items:
+                yield fn(item)
+            return
+        with ThreadPoolExecutor(min(n, len(items))) as ex:
+            yield from ex.map(fn, items)
+
+
+__all__ = ["MAX_WORKERS", "torch_threads", "cpu_workers", "thread_map"]
