@@ -118,9 +118,10 @@ def test_multi_view_triangulation_exact_and_linear_variant():
     # each track over its own views, in chunks of any size; fewer than two views: NaN
     mask[:, :3] = False
     mask[4, 1] = True
-    Xc = tri.triangulate_tracks_linear(ext, uv, mask, max_tracks_per_chunk=7)
-    assert torch.isnan(Xc[:3]).all()
-    torch.testing.assert_close(Xc[3:], Xm[3:], atol=1e-10, rtol=0)
+    for cap, workers in ((7, 1), (0, 3), (7, 3)):
+        Xc = tri.triangulate_tracks_linear(ext, uv, mask, max_tracks_per_chunk=cap, num_workers=workers)
+        assert torch.isnan(Xc[:3]).all()
+        torch.testing.assert_close(Xc[3:], Xm[3:], atol=1e-10, rtol=0)
 
 
 def test_triangulation_angles_and_sweep():
@@ -234,7 +235,9 @@ def test_balanced_jobs_cover_every_track_once_with_bounded_cost():
     total = sum((b - a) * V for a, b, V in chunks)
     assert tri._balanced(chunks, 1) == chunks
     jobs = tri._balanced(chunks, 2)
-    target = total / (tri.JOBS_PER_WORKER * 2)
+    from vggsfm_ns.threads import JOBS_PER_WORKER
+
+    target = total / (JOBS_PER_WORKER * 2)
     # every track once, with its chunk's padded view count
     covered = sorted((a, b, V) for a, b, V in jobs)
     pos = 0
@@ -328,6 +331,15 @@ def test_filter_points_thresholds_masks_and_angle():
     assert not valid4[0]
     err = reprojection_errors(X, px, ext, K)
     assert err.shape == (4, 30) and float(err[1:].max()) < 1e-9
+    # chunks on worker threads: same masks
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        for cap in (0, 4):
+            v5, d5 = filter_points3d(X, px, ext, K, max_reproj_error=4.0, max_points_per_chunk=cap)
+            assert torch.equal(v5, valid) and torch.equal(d5, detail)
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_valid_frame_mask():
@@ -353,9 +365,10 @@ def test_triangulate_by_pair_chunked_and_masked():
     uv = _normalized(ext, X)
     valid = torch.rand(4, 60, generator=torch.Generator().manual_seed(2)) > 0.2
     P, ch, ang = tri.triangulate_by_pair(ext, uv, ref=1, valid=valid)
-    Pc, chc, angc = tri.triangulate_by_pair(ext, uv, ref=1, valid=valid, max_pairs_per_chunk=7)
-    torch.testing.assert_close(P, Pc, equal_nan=True)
-    assert torch.equal(ch, chc) and torch.equal(ang, angc)
+    for cap, workers in ((7, 1), (0, 3), (7, 3)):
+        Pc, chc, angc = tri.triangulate_by_pair(ext, uv, ref=1, valid=valid, max_pairs_per_chunk=cap, num_workers=workers)
+        torch.testing.assert_close(P, Pc, equal_nan=True)
+        assert torch.equal(ch, chc) and torch.equal(ang, angc)
     use = valid[[0, 2, 3]] & valid[1][None]
     torch.testing.assert_close(P[use], X[None].expand(3, -1, -1)[use], atol=1e-9, rtol=0)
     assert torch.isnan(P[~use]).all() and not ch[~use].any() and ch[use].all()
@@ -373,7 +386,16 @@ def test_fundamental_inliers_large_pairs_and_relative_poses():
     out[1:, :300] = True
     px[out] += 25.0 + torch.rand(int(out.sum()), 2, generator=g, dtype=torch.float64) * 50
     obs = torch.ones(3, 3000, dtype=torch.bool)
-    F, inl = fundamental_inliers(px, obs, ref=0, max_error=4.0, max_fit_points=1000)  # fitted on a subset
+    old = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 3):  # one RANSAC per frame on the worker threads: same result
+            torch.set_num_threads(n)
+            runs.append(fundamental_inliers(px, obs, ref=0, max_error=4.0, max_fit_points=1000))  # fitted on a subset
+    finally:
+        torch.set_num_threads(old)
+    (F, inl), (F3, inl3) = runs
+    assert torch.equal(F, F3) and torch.equal(inl, inl3)
     assert inl[0].all()
     for i in (1, 2):
         assert inl[i, 300:].float().mean() > 0.99

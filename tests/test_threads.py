@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from vggsfm_ns.threads import MAX_WORKERS, cpu_workers, thread_map, torch_threads
+from vggsfm_ns.threads import JOBS_PER_WORKER, MAX_WORKERS, cpu_workers, job_ranges, thread_map, torch_threads
 
 
 @pytest.fixture
@@ -112,4 +112,14 @@ def test_bundle_adjustment_threads_follow_cpu_workers(three_threads):
         assert ba_options().ceres.solver_options.num_threads == 3
     torch.set_num_threads(1)
     assert ba_options().ceres.solver_options.num_threads == 1
+
+
+def test_job_ranges_cover_in_order_with_bounded_size():
+    assert job_ranges(10, 4, 1) == [(0, 4), (4, 8), (8, 10)]
+    assert job_ranges(0, 4, 2) == []
+    r = job_ranges(1000, 10**9, 2)  # one worker's worth of memory, split for two workers
+    assert len(r) == 2 * JOBS_PER_WORKER and r[0] == (0, 125) and r[-1][1] == 1000
+    assert all(b == a2 for (_, b), (a2, _) in zip(r, r[1:]))
+    r = job_ranges(7, 100, 16)  # never empty ranges
+    assert r == [(i, i + 1) for i in range(7)]
 

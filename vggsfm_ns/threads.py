@@ -18,9 +18,10 @@ and writing the dataset keep their own I/O threads.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, List, Optional, TypeVar
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 import torch
 
@@ -29,6 +30,9 @@ R = TypeVar("R")
 
 #: Most worker threads :func:`cpu_workers` returns.
 MAX_WORKERS = 16
+#: Work split over several workers is cut into at least this many jobs per worker, so that uneven
+#: jobs still keep every worker busy (and smaller batches stay in cache).
+JOBS_PER_WORKER = 4
 
 _lock = threading.Lock()
 _outer: List[int] = []  # torch thread counts saved by the active torch_threads blocks, outermost first
@@ -79,4 +83,16 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: Optional[int] 
             yield from ex.map(fn, items)
 
 
-__all__ = ["MAX_WORKERS", "torch_threads", "cpu_workers", "thread_map"]
+def job_ranges(n: int, max_size: int, workers: int) -> List[Tuple[int, int]]:
+    """``(start, stop)`` ranges covering ``range(n)`` in order, each at most ``max_size`` long and,
+    with more than one worker, at most ``ceil(n / (JOBS_PER_WORKER * workers))`` long.
+
+    For per-item work whose result does not depend on how the items are batched.
+    """
+    size = max(1, int(max_size))
+    if workers > 1:
+        size = min(size, max(1, math.ceil(n / (JOBS_PER_WORKER * workers))))
+    return [(a, min(n, a + size)) for a in range(0, max(0, int(n)), size)]
+
+
+__all__ = ["MAX_WORKERS", "JOBS_PER_WORKER", "torch_threads", "cpu_workers", "thread_map", "job_ranges"]

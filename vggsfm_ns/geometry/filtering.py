@@ -12,7 +12,8 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .camera import camera_centers, project_points
-from .chunking import chunk_size, chunks
+from ..threads import cpu_workers, job_ranges, thread_map
+from .chunking import chunk_size
 from .triangulation import max_triangulation_angle
 
 
@@ -69,7 +70,8 @@ def filter_points3d(
             threshold expressed in each frame's original pixels).
         obs_mask: ``[S, P]`` bool; observations outside it are never inliers (the official function
             has no such mask: pass None to reproduce it).
-        max_points_per_chunk: points per chunk (0: from free memory).
+        max_points_per_chunk: points per chunk (0: from free memory). Chunks run on
+            :func:`vggsfm_ns.threads.cpu_workers` threads on CPU (the result does not depend on it).
         exact_max_views: frames up to which the angle test checks every pair (see
             :func:`~vggsfm_ns.geometry.triangulation.max_triangulation_angle`).
 
@@ -84,8 +86,11 @@ def filter_points3d(
     valid = torch.zeros(P, dtype=torch.bool, device=points.device)
     detail = torch.zeros(S, P, dtype=torch.bool, device=points.device)
     per_point = 8.0 * S * 16 + (8.0 * S * S * 4 if S <= exact_max_views else 0.0)
-    size = chunk_size(P, per_point, max_points_per_chunk, device=points.device)
-    for a, b in chunks(P, size):
+    workers = 1 if points.device.type != "cpu" else cpu_workers()
+    size = chunk_size(P, per_point * workers, max_points_per_chunk, device=points.device)
+
+    def run(job: Tuple[int, int]) -> None:
+        a, b = job
         X = points[a:b]
         err = reprojection_errors(X, points2d[:, a:b], extrinsics, K, extra)
         inl = err <= (max_reproj_error[:, None] if isinstance(max_reproj_error, torch.Tensor) else max_reproj_error)
@@ -97,8 +102,11 @@ def filter_points3d(
         if check_triangle:
             ok = ok & (max_triangulation_angle(C, X, inl.T, exact_max_views) >= min_tri_angle)
             inl = inl & ok[None]
-        valid[a:b] = ok
+        valid[a:b] = ok  # disjoint columns per job
         detail[:, a:b] = inl
+
+    for _ in thread_map(run, job_ranges(P, size, workers), workers):
+        pass
     return valid, detail
 
 

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..threads import cpu_workers, thread_map
+from ..threads import JOBS_PER_WORKER, cpu_workers, job_ranges, thread_map
 from .camera import camera_centers
 from .chunking import chunk_size
 from .epipolar import residual_indicator
@@ -271,7 +271,7 @@ def relative_pose_from_essential(E: torch.Tensor, x1: torch.Tensor, x2: torch.Te
 
 
 def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int = 0, valid: Optional[torch.Tensor] = None,
-                        max_pairs_per_chunk: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        max_pairs_per_chunk: int = 0, num_workers: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triangulate every track from the pair (reference frame, frame i) for every other frame i.
 
     Args:
@@ -281,6 +281,8 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
         valid: ``[S, N]`` bool; pairs where either observation is invalid are skipped (NaN point,
             no cheirality, angle 0). None: all.
         max_pairs_per_chunk: track pairs triangulated at once (0: from free memory).
+        num_workers: CPU threads that triangulate chunks in parallel (default
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it.
 
     Returns:
         ``(points [S-1, N, 3], cheirality [S-1, N] bool (depth > 0 in both views),
@@ -301,15 +303,21 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
     out_X = torch.full((len(others), N, 3), float("nan"), dtype=ext.dtype, device=tracks.device)
     out_c = torch.zeros(len(others), N, dtype=torch.bool, device=tracks.device)
     out_a = torch.zeros(len(others), N, dtype=ext.dtype, device=tracks.device)
-    size = chunk_size(pi_all.numel(), 8.0 * 200, max_pairs_per_chunk, device=tracks.device)
-    for a in range(0, pi_all.numel(), size):
-        pi, ni = pi_all[a:a + size], ni_all[a:a + size]
+    workers = 1 if tracks.device.type != "cpu" else (cpu_workers() if num_workers is None else max(1, int(num_workers)))
+    M = pi_all.numel()
+    size = chunk_size(M, 8.0 * 200 * workers, max_pairs_per_chunk, device=tracks.device)
+
+    def run(job: Tuple[int, int]) -> None:
+        pi, ni = pi_all[job[0]:job[1]], ni_all[job[0]:job[1]]
         pts = torch.stack([tracks[ref][ni], tracks[others][pi, ni]], 1).to(ext.dtype)  # [M, 2, 2]
         X = triangulate_multi_view(pair_ext[pi], pts)  # [M, 3]
         d = depths(X, pair_ext[pi])  # [M, 2]
-        out_X[pi, ni] = X
+        out_X[pi, ni] = X  # disjoint entries per job
         out_c[pi, ni] = (d > 0).all(-1)
         out_a[pi, ni] = _pair_angle(C[pi, 0], C[pi, 1], X)
+
+    for _ in thread_map(run, job_ranges(M, size, workers), workers):
+        pass
     return out_X, out_c, out_a
 
 
@@ -459,7 +467,8 @@ def _solve_masked(T: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return _dehomogenize(smallest_eigenvector(A))
 
 
-def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, mask: torch.Tensor, max_tracks_per_chunk: int = 0) -> torch.Tensor:
+def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, mask: torch.Tensor, max_tracks_per_chunk: int = 0,
+                              num_workers: Optional[int] = None) -> torch.Tensor:
     """Ray-distance least-squares triangulation of many tracks over shared cameras (no RANSAC).
 
     Args:
@@ -467,6 +476,8 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
         tracks: ``[S, N, 2]`` normalised observations.
         mask: ``[S, N]`` bool, the views used for each track.
         max_tracks_per_chunk: tracks processed at once (0: from free memory).
+        num_workers: CPU threads that process chunks in parallel (default
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU).
 
     Returns:
         ``[N, 3]``; same result as :func:`triangulate_multi_view` with shared cameras for tracks
@@ -485,12 +496,19 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
     todo = todo[torch.argsort(count[todo], stable=True)]
     valid_all = mask.T  # [N, S]
     trk = tracks.transpose(0, 1).to(ext.dtype)  # [N, S, 2]
-    for a, b, V in _view_chunks(count[todo], 1, max_tracks_per_chunk, dev, 0):
+    workers = 1 if dev.type != "cpu" else (cpu_workers() if num_workers is None else max(1, int(num_workers)))
+
+    def run(job: Tuple[int, int, int]) -> None:
+        a, b, V = job
         sel = todo[a:b]
         views = torch.argsort((~valid_all[sel]).to(torch.int8), dim=-1, stable=True)[:, :V]  # valid views first
         valid = torch.gather(valid_all[sel], 1, views)
         T = _ray_system(ext[views], torch.gather(trk[sel], 1, views[..., None].expand(-1, -1, 2)))  # [n, V, 16]
-        out[sel] = _solve_masked(T, valid[:, None, :])[:, 0]
+        out[sel] = _solve_masked(T, valid[:, None, :])[:, 0]  # disjoint rows per job
+
+    jobs = _balanced(list(_view_chunks(count[todo], 1, max_tracks_per_chunk, dev, 0, share=workers)), workers)
+    for _ in thread_map(run, jobs, workers):
+        pass
     return out
 
 
@@ -687,10 +705,6 @@ LONG_TRACK_VIEWS, LONG_TRACK_HYPOTHESES = 10, 10
 def _track_bytes(V: int, H_tot: int, exact_max_views: int) -> float:
     """Peak bytes of one track of ``V`` views with ``H_tot`` hypotheses in :func:`triangulate_tracks`."""
     return 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
-
-
-#: :func:`_balanced` splits the work into about this many jobs per worker.
-JOBS_PER_WORKER = 4
 
 
 def _balanced(chunks: List[Tuple[int, int, int]], workers: int) -> List[Tuple[int, int, int]]:

@@ -592,7 +592,12 @@ class _Model:
 
     @_timed('registration_pnp')
     def register_new_frames(self) -> List[int]:
-        """PnP-register unregistered frames with enough 2D-3D correspondences (most first)."""
+        """PnP-register unregistered frames with enough 2D-3D correspondences (most first).
+
+        The attempts are independent (the points do not change here, a frame in a multi-frame camera
+        group keeps the group's intrinsics, a frame alone in its group estimates only its own), so
+        they run on the worker threads; the result is the same as one after the other.
+        """
         cand = []
         for i in range(self.S):
             if self.registered[i]:
@@ -600,13 +605,15 @@ class _Model:
             n = int((self.obs[i] & self.has_point).sum())
             if n >= MIN_PNP_CORRESPONDENCES:
                 cand.append((n, i))
-        new = []
-        for _, i in sorted(cand, reverse=True):
+        order = [i for _, i in sorted(cand, reverse=True)]
+
+        def one(i: int) -> bool:
             p2, p3 = self.correspondences(i)
-            if self.pnp_frame(i, p2, p3, max_t=math.inf) is not None:
-                new.append(i)
-                self.registered[i] = True
-                self.sync_groups()
+            return self.pnp_frame(i, p2, p3, max_t=math.inf) is not None
+
+        new = [i for i, ok in zip(order, thread_map(one, order, self.workers)) if ok]
+        self.registered[new] = True
+        self.sync_groups()
         return new
 
     # ---------------------------------------------------------------- reporting
@@ -857,7 +864,8 @@ def _reconstruct(tracks, frames, sfm_cfg, camera_cfg, prior, known, observer, se
     else:
         pair_ext, _ = relative_poses(F, model.K, xy, geo, ref, model.extra_or_none())
     xn = model.normalized()
-    pts_pair, cheir, ang = triangulate_by_pair(pair_ext, xn, ref, valid=geo, max_pairs_per_chunk=sfm_cfg.max_points_per_chunk)
+    pts_pair, cheir, ang = triangulate_by_pair(pair_ext, xn, ref, valid=geo, max_pairs_per_chunk=sfm_cfg.max_points_per_chunk,
+                                            num_workers=model.workers)
     others = [i for i in range(S) if i != ref]
     geo_o = geo[others] & obs[ref][None]
     row, init_inl, thr = find_initial_pair(geo_o, cheir, ang, sfm_cfg.init_tri_angle_thres, int(obs[ref].sum()))

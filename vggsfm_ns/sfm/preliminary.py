@@ -20,9 +20,14 @@ import torch
 from ..geometry.camera import cam_from_img
 from ..geometry.epipolar import essential_from_fundamental, estimate_fundamental
 from ..geometry.triangulation import relative_pose_from_essential
+from ..threads import thread_map
 
 #: Fewest common observations for which a fundamental matrix is estimated.
 MIN_MATCHES = 8
+#: :func:`relative_poses` decomposes this many frames per job (worker threads). Small batches also
+#: keep the four-candidate cheirality test in cache: 400 frames x 256 votes took 1.35 s in one
+#: batch and 0.33 s in batches of 32 on one thread (0.23 s on two).
+POSE_ROWS_PER_JOB = 32
 
 
 def fundamental_inliers(
@@ -54,6 +59,12 @@ def fundamental_inliers(
             (poselib's non-linear refinement costs time per point); every common track is then
             classified by its Sampson error under that F.
 
+    The poselib estimations run on :func:`vggsfm_ns.threads.cpu_workers` threads (one job per
+    frame; the result does not depend on the thread count).
+
+    The poselib estimations run on :func:`vggsfm_ns.threads.cpu_workers` threads (one job per
+    frame; the result does not depend on the thread count).
+
     Returns:
         ``(F [S, 3, 3] float64, inliers [S, N] bool)`` with ``x_i^T F_i x_ref = 0``. Row ``ref``
         holds the identity-free zero matrix and ``inliers[ref] = obs[ref]``; pairs with fewer than
@@ -83,10 +94,16 @@ def fundamental_inliers(
 
     xr = xy64[ref].numpy()
     rng = np.random.default_rng(seed)
+    jobs = []  # (frame, common tracks, tracks to fit on); subsets drawn in frame order
     for i in others:
         common = np.nonzero((obs[ref] & obs[i]).numpy())[0]
         if common.size < MIN_MATCHES:
             continue
+        fit = common if common.size <= max_fit_points else np.sort(rng.choice(common, max_fit_points, replace=False))
+        jobs.append((i, common, fit))
+
+    def one(job) -> Tuple[int, torch.Tensor, np.ndarray]:
+        i, common, fit = job
         opts = {
             "max_epipolar_error": float(max_error),
             "max_iterations": int(max_iterations),
@@ -95,7 +112,6 @@ def fundamental_inliers(
             "progressive_sampling": False,
             "seed": int(seed) + i,
         }
-        fit = common if common.size <= max_fit_points else np.sort(rng.choice(common, max_fit_points, replace=False))
         Fi, info = poselib.estimate_fundamental(xr[fit], xy64[i].numpy()[fit], opts, {})
         Fi = torch.from_numpy(np.asarray(Fi, np.float64))
         m = np.zeros(N, bool)
@@ -105,6 +121,10 @@ def fundamental_inliers(
             # the model from a subset; inliers of every common track by the same (Sampson) test
             d = sampson_distance(xy64[ref][common], xy64[i][common], Fi)
             m[common] = (d <= max_error**2).numpy()
+        return i, Fi, m
+
+    # one independent RANSAC per frame: on the worker threads, same result as in sequence
+    for i, Fi, m in thread_map(one, jobs):
         F[i] = Fi
         inl[i] = torch.from_numpy(m)
     return F, inl
@@ -127,6 +147,9 @@ def relative_poses(F: torch.Tensor, K: torch.Tensor, xy: torch.Tensor, inliers: 
         ref: the reference frame.
         extra: ``[S, E]`` distortion parameters or None.
         max_vote: inliers (at most) per pair that vote in the cheirality test.
+
+    Frames are decomposed in jobs of :data:`POSE_ROWS_PER_JOB` on the worker threads
+    (:func:`vggsfm_ns.threads.thread_map`); the result does not depend on the thread count.
 
     Returns:
         ``(extrinsics [S, 3, 4] float64, support [S] int64)``: ``[R | t]`` of frame ``i`` in the
@@ -151,7 +174,13 @@ def relative_poses(F: torch.Tensor, K: torch.Tensor, xy: torch.Tensor, inliers: 
     x_ref = xn[ref][sel]
     x_i = torch.gather(xn[rows], 1, sel[..., None].expand(rows.numel(), m, 2))
     vote = torch.gather(inliers[rows], 1, sel)
-    R, t, count = relative_pose_from_essential(E, x_ref, x_i, vote)
-    ext[rows] = torch.cat([R, t[..., None]], -1)
-    support[rows] = count
+
+    def run(a: int) -> None:
+        b = min(a + POSE_ROWS_PER_JOB, rows.numel())
+        R, t, count = relative_pose_from_essential(E[a:b], x_ref[a:b], x_i[a:b], vote[a:b])
+        ext[rows[a:b]] = torch.cat([R, t[..., None]], -1)  # disjoint rows per job
+        support[rows[a:b]] = count
+
+    for _ in thread_map(run, range(0, rows.numel(), POSE_ROWS_PER_JOB)):
+        pass
     return ext, support
