@@ -282,7 +282,8 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
             no cheirality, angle 0). None: all.
         max_pairs_per_chunk: track pairs triangulated at once (0: from free memory).
         num_workers: CPU threads that triangulate chunks in parallel (default
-            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it.
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it (up to
+            floating-point rounding of the batched products).
 
     Returns:
         ``(points [S-1, N, 3], cheirality [S-1, N] bool (depth > 0 in both views),
@@ -625,7 +626,8 @@ def triangulate_tracks(
         max_tracks_per_chunk: tracks processed at once (0: from free memory).
         exact_max_views: above this many frames the angle check uses the double sweep.
         num_workers: CPU threads that process chunks of tracks in parallel (default
-            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it.
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it (up to
+            floating-point rounding of the batched products).
 
     Returns:
         ``(points [N, 3], inlier_count [N] int64, inlier_mask [N, S] bool)``.
@@ -711,8 +713,8 @@ def _balanced(chunks: List[Tuple[int, int, int]], workers: int) -> List[Tuple[in
     """Split ``(start, stop, V)`` chunks so that no job costs more than ``1 / (JOBS_PER_WORKER *
     workers)`` of the total (cost: tracks x views), largest first; unchanged for one worker.
 
-    Tracks of a piece keep the chunk's padded view count ``V``, so every track is computed exactly
-    as in the unsplit chunk.
+    Tracks of a piece keep the chunk's padded view count ``V``, so every track goes through the
+    same computation as in the unsplit chunk (batch size can only change floating-point rounding).
     """
     if workers <= 1 or not chunks:
         return chunks

@@ -39,9 +39,10 @@ Differences from the official code, each for robustness or speed:
   official filter also counts positions of invisible track points that happen to reproject.
 
 Everything per point is vectorised and chunked; pycolmap does bundle adjustment, pose refinement
-and PnP. Torch runs single-threaded inside (:func:`vggsfm_ns.threads.torch_threads`); chunks of
-tracks and per-frame pose refinements run in parallel on :func:`vggsfm_ns.threads.cpu_workers`
-threads, with results independent of the thread count.
+and PnP. Torch runs single-threaded inside (:func:`vggsfm_ns.threads.torch_threads`); the
+per-frame and per-chunk work (two-view RANSAC, triangulation, PnP registration, pose refinement,
+filtering, point colours) runs on :func:`vggsfm_ns.threads.cpu_workers` threads, with results
+independent of the thread count.
 """
 
 from __future__ import annotations

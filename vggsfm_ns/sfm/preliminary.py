@@ -62,9 +62,6 @@ def fundamental_inliers(
     The poselib estimations run on :func:`vggsfm_ns.threads.cpu_workers` threads (one job per
     frame; the result does not depend on the thread count).
 
-    The poselib estimations run on :func:`vggsfm_ns.threads.cpu_workers` threads (one job per
-    frame; the result does not depend on the thread count).
-
     Returns:
         ``(F [S, 3, 3] float64, inliers [S, N] bool)`` with ``x_i^T F_i x_ref = 0``. Row ``ref``
         holds the identity-free zero matrix and ``inliers[ref] = obs[ref]``; pairs with fewer than
