@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from vggsfm_ns.threads import JOBS_PER_WORKER, MAX_WORKERS, cpu_workers, job_ranges, thread_map, torch_threads
+from vggsfm_ns.threads import JOBS_PER_WORKER, MAX_WORKERS, cpu_workers, device_workers, job_ranges, thread_map, torch_threads
 
 
 @pytest.fixture
@@ -36,6 +36,13 @@ def test_torch_threads_sets_restores_and_nests(three_threads):
 def test_cpu_workers_clipped(three_threads):
     torch.set_num_threads(MAX_WORKERS + 8)
     assert cpu_workers() == MAX_WORKERS
+
+
+def test_device_workers(three_threads):
+    with torch_threads(1):
+        assert device_workers("cpu") == 3 and device_workers(torch.device("cpu"), 2) == 2
+    assert device_workers("cpu", 0) == 1
+    assert device_workers("cuda") == 1 and device_workers("cuda:1", 4) == 1  # the device parallelises itself
 
 
 def test_thread_map_order_parallelism_and_single_threaded_torch(three_threads):

@@ -64,6 +64,14 @@ def cpu_workers() -> int:
     return max(1, min(MAX_WORKERS, int(n)))
 
 
+def device_workers(device, num_workers: Optional[int] = None) -> int:
+    """Workers for per-chunk work on ``device``: 1 off the CPU (the device parallelises itself),
+    else ``num_workers`` (at least 1) or :func:`cpu_workers`."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return cpu_workers() if num_workers is None else max(1, int(num_workers))
+
+
 def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: Optional[int] = None) -> Iterator[R]:
     """``fn`` over ``items`` on ``workers`` threads (default :func:`cpu_workers`), results in input
     order, with torch on one intra-op thread while it runs.
@@ -95,4 +103,4 @@ def job_ranges(n: int, max_size: int, workers: int) -> List[Tuple[int, int]]:
     return [(a, min(n, a + size)) for a in range(0, max(0, int(n)), size)]
 
 
-__all__ = ["MAX_WORKERS", "JOBS_PER_WORKER", "torch_threads", "cpu_workers", "thread_map", "job_ranges"]
+__all__ = ["MAX_WORKERS", "JOBS_PER_WORKER", "torch_threads", "cpu_workers", "device_workers", "thread_map", "job_ranges"]

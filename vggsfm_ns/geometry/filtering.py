@@ -12,7 +12,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .camera import camera_centers, project_points
-from ..threads import cpu_workers, job_ranges, thread_map
+from ..threads import device_workers, job_ranges, thread_map
 from .chunking import chunk_size
 from .triangulation import max_triangulation_angle
 
@@ -86,7 +86,7 @@ def filter_points3d(
     valid = torch.zeros(P, dtype=torch.bool, device=points.device)
     detail = torch.zeros(S, P, dtype=torch.bool, device=points.device)
     per_point = 8.0 * S * 16 + (8.0 * S * S * 4 if S <= exact_max_views else 0.0)
-    workers = 1 if points.device.type != "cpu" else cpu_workers()
+    workers = device_workers(points.device)
     size = chunk_size(P, per_point * workers, max_points_per_chunk, device=points.device)
 
     def run(job: Tuple[int, int]) -> None:

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..threads import JOBS_PER_WORKER, cpu_workers, job_ranges, thread_map
+from ..threads import JOBS_PER_WORKER, device_workers, job_ranges, thread_map
 from .camera import camera_centers
 from .chunking import chunk_size
 from .epipolar import residual_indicator
@@ -304,7 +304,7 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
     out_X = torch.full((len(others), N, 3), float("nan"), dtype=ext.dtype, device=tracks.device)
     out_c = torch.zeros(len(others), N, dtype=torch.bool, device=tracks.device)
     out_a = torch.zeros(len(others), N, dtype=ext.dtype, device=tracks.device)
-    workers = 1 if tracks.device.type != "cpu" else (cpu_workers() if num_workers is None else max(1, int(num_workers)))
+    workers = device_workers(tracks.device, num_workers)
     M = pi_all.numel()
     size = chunk_size(M, 8.0 * 200 * workers, max_pairs_per_chunk, device=tracks.device)
 
@@ -497,7 +497,7 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
     todo = todo[torch.argsort(count[todo], stable=True)]
     valid_all = mask.T  # [N, S]
     trk = tracks.transpose(0, 1).to(ext.dtype)  # [N, S, 2]
-    workers = 1 if dev.type != "cpu" else (cpu_workers() if num_workers is None else max(1, int(num_workers)))
+    workers = device_workers(dev, num_workers)
 
     def run(job: Tuple[int, int, int]) -> None:
         a, b, V = job
@@ -668,7 +668,7 @@ def triangulate_tracks(
         # compact each track to its valid views (sparse tracks: V << S); chunks by view count
         todo = todo[torch.argsort(nvalid[todo], stable=True)]
     H_tot = H + min(lo_num, H) + min(lo_num_second, lo_num, H)
-    workers = 1 if dev.type != "cpu" else (cpu_workers() if num_workers is None else max(1, int(num_workers)))
+    workers = device_workers(dev, num_workers)
     views = nvalid[todo] if pairs is None else torch.full((todo.numel(),), S, device=dev)
     # the chunks that run at the same time share the memory budget
     jobs = _balanced(list(_view_chunks(views, H_tot, max_tracks_per_chunk, dev, exact_max_views, share=workers)), workers)
@@ -704,11 +704,6 @@ def triangulate_tracks(
 LONG_TRACK_VIEWS, LONG_TRACK_HYPOTHESES = 10, 10
 
 
-def _track_bytes(V: int, H_tot: int, exact_max_views: int) -> float:
-    """Peak bytes of one track of ``V`` views with ``H_tot`` hypotheses in :func:`triangulate_tracks`."""
-    return 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
-
-
 def _balanced(chunks: List[Tuple[int, int, int]], workers: int) -> List[Tuple[int, int, int]]:
     """Split ``(start, stop, V)`` chunks so that no job costs more than ``1 / (JOBS_PER_WORKER *
     workers)`` of the total (cost: tracks x views), largest first; unchanged for one worker.
@@ -742,7 +737,7 @@ def _view_chunks(views: torch.Tensor, H_tot: int, max_tracks: int, device, exact
     bounds = torch.tensor(sorted({exact_max_views + 1, LONG_TRACK_VIEWS}), dtype=vs.dtype)
 
     def per_track(V: int) -> float:
-        return _track_bytes(V, H_tot, exact_max_views)
+        return 8.0 * V * H_tot * 16 + 8.0 * V * 40 + (8.0 * V * V * H_tot * 4 if V <= exact_max_views else 0.0)
 
     start = 0
     while start < n:

@@ -61,7 +61,7 @@ from ..geometry.camera import cam_from_img, num_extra_params, undistort
 from ..geometry.filtering import filter_points3d, reprojection_errors, valid_frame_mask
 from ..geometry.triangulation import triangulate_by_pair, triangulate_tracks
 from ..progress import PipelineObserver, ReconstructionSnapshot, Stage
-from ..threads import cpu_workers, thread_map, torch_threads
+from ..threads import thread_map, torch_threads
 from ..types import CameraPrior, FrameSet, KnownIntrinsics, SfMResult, TrackSet
 from . import colmap_build as cb
 
@@ -200,7 +200,6 @@ class _Model:
         self.ba_log: List[Dict] = []
         self.min_len_cap: Optional[int] = None
         self.seconds: Dict[str, float] = {}
-        self.workers = cpu_workers()
 
     # ---------------------------------------------------------------- helpers
     def extra_or_none(self, idx=None):
@@ -265,7 +264,6 @@ class _Model:
             lo_num_second=TRI_LO_SECOND,
             seed=self.seed,
             max_tracks_per_chunk=self.cfg.max_points_per_chunk,
-            num_workers=self.workers,
         )
         inl = torch.zeros_like(self.inl)
         inl[reg] = m.T
@@ -530,7 +528,7 @@ class _Model:
         # the frames are independent here (each job reads the points and writes only its own frame),
         # so they run in parallel with the same result as in sequence
         changed = 0
-        for i, (c, new) in enumerate(thread_map(one, range(self.S), self.workers)):
+        for i, (c, new) in enumerate(thread_map(one, range(self.S))):
             changed += c
             if new:
                 self.registered[i] = True
@@ -612,7 +610,7 @@ class _Model:
             p2, p3 = self.correspondences(i)
             return self.pnp_frame(i, p2, p3, max_t=math.inf) is not None
 
-        new = [i for i, ok in zip(order, thread_map(one, order, self.workers)) if ok]
+        new = [i for i, ok in zip(order, thread_map(one, order)) if ok]
         self.registered[new] = True
         self.sync_groups()
         return new
@@ -865,8 +863,7 @@ def _reconstruct(tracks, frames, sfm_cfg, camera_cfg, prior, known, observer, se
     else:
         pair_ext, _ = relative_poses(F, model.K, xy, geo, ref, model.extra_or_none())
     xn = model.normalized()
-    pts_pair, cheir, ang = triangulate_by_pair(pair_ext, xn, ref, valid=geo, max_pairs_per_chunk=sfm_cfg.max_points_per_chunk,
-                                            num_workers=model.workers)
+    pts_pair, cheir, ang = triangulate_by_pair(pair_ext, xn, ref, valid=geo, max_pairs_per_chunk=sfm_cfg.max_points_per_chunk)
     others = [i for i in range(S) if i != ref]
     geo_o = geo[others] & obs[ref][None]
     row, init_inl, thr = find_initial_pair(geo_o, cheir, ang, sfm_cfg.init_tri_angle_thres, int(obs[ref].sum()))
