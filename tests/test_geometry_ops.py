@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -305,6 +307,38 @@ def test_estimate_fundamental_with_outliers():
     assert int(n[0]) >= 115
     assert not bool((m[0, :30] & (d[:30] > 2.0)).any())
     assert float(d[30:].median()) < 0.5
+
+
+def test_ransac_iterations_values_and_errors():
+    # all inliers in a large set -> the textbook (I / n)^s: 0.5^7 = 1/128 at p = 0.99
+    assert epi.ransac_iterations(50_000, 100_000, 7, 0.99) == pytest.approx(math.log(0.01) / math.log1p(-1 / 128), rel=1e-3)
+    # small sets: samples of distinct points; 20 inliers of 27 points: q = 0.0873 (not 0.122)
+    assert epi.ransac_iterations(20, 27, 7, 0.9999) == pytest.approx(100.83, abs=0.01)
+    assert epi.ransac_iterations(27, 27, 7, 0.9999) == 1.0
+    assert epi.ransac_iterations(6, 27, 7, 0.9999) == math.inf
+    ks = [epi.ransac_iterations(i, 100, 7, 0.9999) for i in (90, 70, 50, 30)]
+    assert ks == sorted(ks) and ks[0] < 50 < 10_000 < ks[-1]
+    for bad in [(20, 27, 7, 1.0), (20, 27, 0, 0.9), (28, 27, 7, 0.9), (3, 5, 7, 0.9)]:
+        with pytest.raises(ValueError):
+            epi.ransac_iterations(*bad)
+
+
+def test_ransac_iterations_reach_success_probability_empirically():
+    """With k samples of 7 distinct points (as RANSAC draws them), an all-inlier one turns up in
+    at least a fraction p of the runs: 20 inliers of 30 points, p = 0.99, 2,000 seeded runs."""
+    n, inliers, p = 30, 20, 0.99
+    k = math.ceil(epi.ransac_iterations(inliers, n, 7, p))
+    rng = np.random.default_rng(0)
+    runs = 2000
+    keys = rng.random((runs, k, n))
+    samples = np.argpartition(keys, 7, axis=2)[..., :7]  # k samples of 7 distinct indices per run
+    hit = (samples < inliers).all(axis=2).any(axis=1)
+    assert hit.mean() >= p - 3 * math.sqrt(p * (1 - p) / runs)
+    # the textbook (I / n)^s bound is too small here: it succeeds clearly less often
+    k_textbook = math.ceil(math.log1p(-p) / math.log1p(-((inliers / n) ** 7)))
+    assert k_textbook < 0.8 * k
+    hit_textbook = (samples[:, :k_textbook] < inliers).all(axis=2).any(axis=1)
+    assert hit_textbook.mean() < p - 3 * math.sqrt(p * (1 - p) / runs)
 
 
 # ------------------------------------------------------------------------------------------ filtering / chunking

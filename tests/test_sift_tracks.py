@@ -4,6 +4,7 @@ and accuracy against the real ground-truth cameras of DTU scan24."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +15,18 @@ import torch
 from vggsfm_ns.config import TrackConfig
 from vggsfm_ns.conventions import corner_to_center, opengl_c2w_to_opencv_w2c
 from vggsfm_ns.errors import InputError
-from vggsfm_ns.tracks.sift import _conflict_free_components, _match_descriptors, _sampson, track_sift
+from vggsfm_ns.geometry.epipolar import ransac_iterations
+from vggsfm_ns.progress import Stage
+from vggsfm_ns.tracks.sift import (
+    MAX_RANSAC_ITERATIONS,
+    RANSAC_BOUND_MULTIPLIER,
+    _conflict_free_components,
+    _Features,
+    _match_and_verify,
+    _match_descriptors,
+    _sampson,
+    track_sift,
+)
 from vggsfm_ns.types import FrameSet
 
 # ------------------------------------------------------------------------------------------
@@ -155,6 +167,59 @@ def test_sampson():
     x2 = np.array([[30.0, 20.0], [9.0, 8.0]])
     np.testing.assert_allclose(_sampson(F, x1, x2), [0.0, 3.0 / np.sqrt(2)], atol=1e-9)
 
+
+
+def _two_view_features(num_inliers: int, num_outliers: int, seed: int) -> _Features:
+    """Two 640x480 frames whose features all match one to one (equal descriptors): the first
+    ``num_inliers`` are projections of 3D points (0.3 px noise), the rest random pixels in frame 1."""
+    rng = np.random.default_rng(seed)
+    K = np.array([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]])
+    X = np.c_[rng.uniform(-1.5, 1.5, (num_inliers, 2)), rng.uniform(4, 8, num_inliers)]
+    a = np.deg2rad(8.0)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    t = np.array([-0.8, 0.05, 0.1])
+    x0 = (X / X[:, 2:]) @ K.T
+    Y = X @ R.T + t
+    x1 = (Y / Y[:, 2:]) @ K.T
+    n = num_inliers + num_outliers
+    xy0 = np.r_[x0[:, :2], rng.uniform([0, 0], [640, 480], (num_outliers, 2))] + rng.normal(0, 0.3, (n, 2))
+    xy1 = np.r_[x1[:, :2], rng.uniform([0, 0], [640, 480], (num_outliers, 2))] + rng.normal(0, 0.3, (n, 2))
+    desc = torch.nn.functional.normalize(torch.from_numpy(rng.random((n, 128)) ** 3).float(), dim=1)
+    return _Features(
+        xy=[xy0.astype(np.float32), xy1.astype(np.float32)],
+        scale=[np.ones(n, np.float32)] * 2,
+        desc=[desc, desc.clone()],
+        sizes=[(640, 480)] * 2,
+    )
+
+
+def test_verification_ransac_bounded_by_min_inliers(monkeypatch):
+    """A pair can only be kept with ``min_inliers`` inliers, so its RANSAC stops after the
+    samples that would find such a model (times COLMAP's multiplier 3) instead of 10,000: a pair of
+    mostly wrong matches is searched briefly and dropped; a pair with just ``min_inliers`` true
+    matches among outliers is still verified, over ten seeds."""
+    import poselib
+
+    calls = []
+    real = poselib.estimate_fundamental
+
+    def spy(x1, x2, opts, bundle):
+        calls.append((len(x1), opts["max_iterations"]))
+        return real(x1, x2, opts, bundle)
+
+    monkeypatch.setattr(poselib, "estimate_fundamental", spy)
+    with Stage(None, "verify") as stage:
+        verified, _ = _match_and_verify(_two_view_features(8, 16, 0), [(0, 1)], False, 1.0, 20, 0, stage, guided=False)
+    assert verified == {}
+    bound = math.ceil(RANSAC_BOUND_MULTIPLIER * ransac_iterations(20, 24, 7, 0.9999))
+    assert calls == [(24, max(50, bound))] and bound < 200
+    for seed in range(10):
+        calls.clear()
+        with Stage(None, "verify") as stage:
+            verified, fmats = _match_and_verify(_two_view_features(20, 10, seed), [(0, 1)], False, 1.0, 20, seed, stage, guided=False)
+        assert calls[0][0] == 30 and calls[0][1] < MAX_RANSAC_ITERATIONS
+        m = verified[(0, 1)][0]
+        assert len(m) >= 20 and (m[:, 0] == m[:, 1]).all() and (m[:, 0] < 20).sum() >= 19
 
 # ------------------------------------------------------------------------------------------
 # DTU scan24 (real ground-truth cameras)

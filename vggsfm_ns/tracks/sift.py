@@ -45,6 +45,7 @@ import torch
 
 from ..config import TrackConfig
 from ..errors import InputError
+from ..geometry.epipolar import ransac_iterations
 from ..progress import PipelineObserver, Stage
 from ..threads import thread_map
 from ..types import FrameSet, TrackSet
@@ -65,6 +66,12 @@ FMAT_THRESHOLD = 1.5
 #: Fewest inliers for a verified pair (COLMAP's default ``min_num_inliers`` is 15; 20 rejects
 #: most false pairs between repeated structures).
 MIN_INLIERS = 20
+#: Most 7-point samples of a pair's fundamental-matrix RANSAC (COLMAP's default ``max_num_trials``).
+MAX_RANSAC_ITERATIONS = 10000
+#: Factor on the RANSAC bound of a pair for ``min_inliers`` inliers (COLMAP's
+#: ``dyn_num_trials_multiplier``): a minimal sample of noisy inliers does not always give a model
+#: that classifies every inlier as one.
+RANSAC_BOUND_MULTIPLIER = 3.0
 #: Pairs whose verified matches are fewer than this fraction of their features are re-matched
 #: inside the epipolar band (guided matching); well-matched pairs gain little from it.
 GUIDED_BELOW = 0.1
@@ -449,7 +456,12 @@ def _match_and_verify(
 
     1. Mutual nearest neighbours with the ratio test (:func:`_match_descriptors`).
     2. Fundamental-matrix LO-RANSAC (poselib, Sampson threshold ``threshold`` px); the pair is
-       dropped with fewer than ``min_inliers`` inliers.
+       dropped with fewer than ``min_inliers`` inliers. The search stops after
+       :data:`RANSAC_BOUND_MULTIPLIER` times
+       :func:`~vggsfm_ns.geometry.epipolar.ransac_iterations` samples for ``min_inliers`` inliers
+       among the matches (at most :data:`MAX_RANSAC_ITERATIONS`): by then a model good
+       enough to keep the pair would have been found with the RANSAC success probability, so a
+       pair of few, mostly wrong matches is not searched 10,000 times.
     3. Guided matching (COLMAP's ``guided_matching``) for pairs with few inliers (below
        :data:`GUIDED_BELOW` of the features): the mutual / ratio test is run again among the
        candidates inside the epipolar band of that F, which recovers matches that repeated texture
@@ -461,7 +473,7 @@ def _match_and_verify(
     import poselib
 
     xys = [torch.from_numpy(x) for x in feats.xy]
-    ransac = {"max_epipolar_error": float(threshold), "max_iterations": 10000, "min_iterations": 50, "success_prob": 0.9999, "seed": int(seed)}
+    ransac = {"max_epipolar_error": float(threshold), "min_iterations": 50, "success_prob": 0.9999, "seed": int(seed)}
 
     def one(pair):
         i, j = pair
@@ -469,8 +481,12 @@ def _match_and_verify(
         m, r = m.numpy(), r.numpy()
         if len(m) < min_inliers:
             return pair, None, None
+        # only a model with >= min_inliers inliers keeps the pair: stop searching once one that good
+        # would have been found with the success probability
+        bound = RANSAC_BOUND_MULTIPLIER * ransac_iterations(min_inliers, len(m), 7, ransac["success_prob"])
+        opts = dict(ransac, max_iterations=max(ransac["min_iterations"], math.ceil(min(bound, MAX_RANSAC_ITERATIONS))))
         F, info = poselib.estimate_fundamental(
-            feats.xy[i][m[:, 0]].astype(np.float64), feats.xy[j][m[:, 1]].astype(np.float64), ransac, {}
+            feats.xy[i][m[:, 0]].astype(np.float64), feats.xy[j][m[:, 1]].astype(np.float64), opts, {}
         )
         inl = np.asarray(info["inliers"], bool)
         if inl.sum() < min_inliers:
