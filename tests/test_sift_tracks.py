@@ -220,6 +220,11 @@ def test_verification_ransac_bounded_by_min_inliers(monkeypatch):
         assert calls[0][0] == 30 and calls[0][1] < MAX_RANSAC_ITERATIONS
         m = verified[(0, 1)][0]
         assert len(m) >= 20 and (m[:, 0] == m[:, 1]).all() and (m[:, 0] < 20).sum() >= 19
+    # below the 7 matches of a minimal sample a pair is dropped before RANSAC, whatever min_inliers
+    calls.clear()
+    with Stage(None, "verify") as stage:
+        assert _match_and_verify(_two_view_features(6, 0, 0), [(0, 1)], False, 1.0, 5, 0, stage, guided=False)[0] == {}
+    assert calls == []
 
 # ------------------------------------------------------------------------------------------
 # DTU scan24 (real ground-truth cameras)

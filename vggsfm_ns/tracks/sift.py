@@ -479,7 +479,7 @@ def _match_and_verify(
         i, j = pair
         m, r = _match_descriptors(feats.desc[i], feats.desc[j], RATIO, MAX_DISTANCE, bf16)
         m, r = m.numpy(), r.numpy()
-        if len(m) < min_inliers:
+        if len(m) < max(min_inliers, 7):  # 7: the minimal sample of a fundamental matrix
             return pair, None, None
         # only a model with >= min_inliers inliers keeps the pair: stop searching once one that good
         # would have been found with the success probability
