@@ -474,16 +474,17 @@ def _match_and_verify(
 
     xys = [torch.from_numpy(x) for x in feats.xy]
     ransac = {"max_epipolar_error": float(threshold), "min_iterations": 50, "success_prob": 0.9999, "seed": int(seed)}
+    sample = 7  # poselib's minimal sample of a fundamental matrix
 
     def one(pair):
         i, j = pair
         m, r = _match_descriptors(feats.desc[i], feats.desc[j], RATIO, MAX_DISTANCE, bf16)
         m, r = m.numpy(), r.numpy()
-        if len(m) < max(min_inliers, 7):  # 7: the minimal sample of a fundamental matrix
+        if len(m) < max(min_inliers, sample):
             return pair, None, None
         # only a model with >= min_inliers inliers keeps the pair: stop searching once one that good
         # would have been found with the success probability
-        bound = RANSAC_BOUND_MULTIPLIER * ransac_iterations(min_inliers, len(m), 7, ransac["success_prob"])
+        bound = RANSAC_BOUND_MULTIPLIER * ransac_iterations(min_inliers, len(m), sample, ransac["success_prob"])
         opts = dict(ransac, max_iterations=max(ransac["min_iterations"], math.ceil(min(bound, MAX_RANSAC_ITERATIONS))))
         F, info = poselib.estimate_fundamental(
             feats.xy[i][m[:, 0]].astype(np.float64), feats.xy[j][m[:, 1]].astype(np.float64), opts, {}
