@@ -94,5 +94,21 @@ def test_reconstruct_refuses_too_few_frames_and_shared_camera_with_mixed_sizes(e
         reconstruct(_frames(MIN_FRAMES - 1, ordered=False))
     cfg = ReconstructionConfig()
     cfg.camera.shared_camera = True
-    with pytest.raises(InputError, match="same size"):
+    # the frame that differs is named, with both sizes (io.frames.check_uniform_size)
+    with pytest.raises(InputError, match=r"is 48x64 but .* is 64x48 \(2 different sizes\); --shared-camera needs all frames to have one size"):
         reconstruct(_frames(4, ordered=False, sizes=[(64, 48), (64, 48), (48, 64), (64, 48)]), cfg)
+
+
+def test_missing_depth_model_fails_before_the_sfm(empty_hf_cache, monkeypatch):
+    """--dense-depth with a model that is not there: CheckpointError before any tracking."""
+    import vggsfm_ns.api as api_mod
+
+    ran = []
+    monkeypatch.setattr(api_mod, "_run_tracker", lambda *a, **k: ran.append(1))
+    for name in (str(empty_hf_cache / "no_such_dir"), "depth-anything/Depth-Anything-V2-Nonexistent-hf"):
+        cfg = preset("dense")
+        cfg.track.tracker = "sift"
+        cfg.depth.depth_model = name
+        with pytest.raises(CheckpointError, match="depth model"):
+            reconstruct(_frames(4, ordered=False), cfg)
+    assert ran == []

@@ -152,6 +152,7 @@ def test_output_containing_the_input_is_refused_even_with_overwrite(tmp_path, ca
         (["--intrinsics", "file"], "--intrinsics file needs --intrinsics-file", 2),
         (["--masks", "/nonexistent/masks"], "mask folder not found", 2),
         (["--max-query-pts", "0"], "--max-query-pts must be positive", 2),
+        (["--query-method", "sift+grd"], "--query-method 'sift+grd': unknown 'grd'; choose from aliked, sift, grid, gftt", 2),
     ],
 )
 def test_bad_options(tmp_path, capsys, args, pattern, code):

@@ -117,8 +117,11 @@ def _fake_modules(monkeypatch, result, calls, recorder=None):
     api.reconstruct = reconstruct
     monkeypatch.setitem(sys.modules, "vggsfm_ns.api", api)
 
-    def write_visuals(res, output_dir):
+    def write_visuals(res, output_dir, observer=None):
         calls["visuals"] = Path(output_dir)
+        calls["visuals_saw_dataset"] = (Path(output_dir) / "transforms.json").is_file()
+        if calls.get("visuals_fail"):
+            raise KeyboardInterrupt
         p = Path(output_dir) / "visuals" / "errors.png"
         p.parent.mkdir()
         p.write_bytes(b"png")
@@ -144,6 +147,17 @@ def _fake_modules(monkeypatch, result, calls, recorder=None):
         monkeypatch.setitem(sys.modules, "vggsfm_ns.viewer.live", live)
 
 
+def _failing_api(monkeypatch, exc: BaseException) -> None:
+    """A stand-in ``vggsfm_ns.api`` whose ``reconstruct`` raises ``exc``."""
+    api = types.ModuleType("vggsfm_ns.api")
+
+    def reconstruct(*a, **k):
+        raise exc
+
+    api.reconstruct = reconstruct
+    monkeypatch.setitem(sys.modules, "vggsfm_ns.api", api)
+
+
 def test_process_runs_pipeline_export_and_summary(tmp_path, monkeypatch, capsys):
     res = make_scene(tmp_path, n_frames=6, unregistered=[5])
     calls: dict = {}
@@ -161,7 +175,9 @@ def test_process_runs_pipeline_export_and_summary(tmp_path, monkeypatch, capsys)
     assert len(tf["frames"]) == 5 and (out / "images_2").is_dir() and not (out / "images_4").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input", "scene"]
     assert not Path(calls["work_dir"]).exists()
-    assert calls["visuals"] == out and (out / "visuals/errors.png").is_file()
+    # the pictures are written inside the atomic folder, next to the finished dataset, before commit
+    assert calls["visuals"].parent == out.parent and calls["visuals"].name.startswith(".scene.tmp-")
+    assert calls["visuals_saw_dataset"] and (out / "visuals/errors.png").read_bytes() == b"png"
     assert list(json.loads((out / "vggsfm_report.json").read_text())["summary"]["seconds"])[:3] == ["frames", "tracks", "sfm"]
     rep = json.loads((out / "vggsfm_report.json").read_text())
     assert rep["config"]["track"]["tracker"] == "sift"
@@ -184,23 +200,98 @@ def test_process_runs_pipeline_export_and_summary(tmp_path, monkeypatch, capsys)
     assert not (out / "images_2").exists() and "source" in calls
 
 
+def test_interrupt_while_writing_visuals_leaves_no_dataset(tmp_path, monkeypatch, capsys):
+    """Ctrl+C while the pictures are written: exit 130, and neither dataset nor pictures exist."""
+    res = make_scene(tmp_path, n_frames=4)
+    calls: dict = {"visuals_fail": True}
+    _fake_modules(monkeypatch, res, calls)
+    out = tmp_path / "scene"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", str(out), "--visuals", "--num-downscales", "0"])
+    assert e.value.code == 130 and calls["visuals_saw_dataset"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+    assert "no dataset was written" in capsys.readouterr().err
+
+
+def test_interrupt_after_commit_says_the_dataset_exists(tmp_path, monkeypatch, capsys):
+    """Ctrl+C during the summary, after the rename: exit 130 and the message says it was written."""
+    import vggsfm_ns.report as report_mod
+
+    res = make_scene(tmp_path, n_frames=4)
+    _fake_modules(monkeypatch, res, {})
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_mod, "print_summary", interrupted)
+    out = tmp_path / "scene"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", str(out), "--num-downscales", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and f"after the dataset was written to {out}" in err and "no dataset" not in err
+    assert (out / "transforms.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input", "scene"]  # no work folder left
+
+
+def test_disk_full_is_one_line_error_without_output(tmp_path, monkeypatch, capsys):
+    """An OSError while writing (here: disk full at sparse_pc.ply): the file and the system's reason
+    on one line, exit 2, and no dataset or temporary folder left behind."""
+    import errno
+
+    import vggsfm_ns.export.nerfstudio as export_mod
+
+    res = make_scene(tmp_path, n_frames=4)
+    _fake_modules(monkeypatch, res, {})
+
+    def full(path, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export_mod, "write_ply", full)
+    out = tmp_path / "scene"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", str(out), "--num-downscales", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "sparse_pc.ply: No space left on device" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
+def test_output_dir_dot_from_an_empty_folder(tmp_path, monkeypatch):
+    """``--output-dir .`` inside an empty folder: the work folder goes beside it, not into it."""
+    res = make_scene(tmp_path, n_frames=4)
+    calls: dict = {}
+    _fake_modules(monkeypatch, res, calls)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", ".", "--num-downscales", "0"])
+    assert Path(calls["work_dir"]).parent == tmp_path
+    assert (here / "transforms.json").is_file() and not [p for p in here.iterdir() if p.name.startswith(".")]
+
+
+def test_internal_error_exits_1_not_0(tmp_path, monkeypatch, capsys):
+    """A bug (here a RuntimeError from deep inside) must not look like success: nerfstudio's
+    ns-process-data would turn a re-raised RuntimeError into exit 0."""
+    make_scene(tmp_path, n_frames=4)
+    _failing_api(monkeypatch, RuntimeError("linalg.svd: input matrix contained non-finite values"))
+    out = tmp_path / "scene"
+    with pytest.raises(SystemExit) as e:
+        cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    assert "Traceback" in err and "non-finite values" in err and "internal error (RuntimeError" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input"]
+
+
 def test_reconstruction_error_exits_3_without_output(tmp_path, monkeypatch, capsys):
     from vggsfm_ns.errors import ReconstructionError
 
     make_scene(tmp_path, n_frames=4)
-    api = types.ModuleType("vggsfm_ns.api")
-
-    def reconstruct(*a, **k):
-        raise ReconstructionError("no initial pair found among 4 frames")
-
-    api.reconstruct = reconstruct
-    monkeypatch.setitem(sys.modules, "vggsfm_ns.api", api)
     rec = _Recorder()
     rec.stopped = False
     rec.stop = lambda: setattr(rec, "stopped", True)
     calls: dict = {}
     _fake_modules(monkeypatch, None, calls, rec)
-    monkeypatch.setitem(sys.modules, "vggsfm_ns.api", api)
+    _failing_api(monkeypatch, ReconstructionError("no initial pair found among 4 frames"))
     with pytest.raises(SystemExit) as e:
         cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", str(tmp_path / "scene"), "--viewer"])
     assert e.value.code == 3

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from vggsfm_ns.config import DepthConfig
 from vggsfm_ns.errors import CheckpointError, InputError
@@ -123,7 +124,30 @@ def test_missing_model_id_offline_gives_checkpoint_error(monkeypatch, tmp_path):
     with pytest.raises(CheckpointError) as e:
         load_depth_model(name, device="cpu")
     msg = str(e.value)
-    assert name in msg and "huggingface-cli download" in msg and "HF_HUB_OFFLINE" in msg
+    assert name in msg and "`hf download" in msg and "HF_HUB_OFFLINE" in msg
+
+
+def test_vggsfm_offline_variable_stops_the_depth_download(monkeypatch):
+    """``VGGSFM_NS_OFFLINE=1`` alone (README) keeps the depth model from trying the hub."""
+    import huggingface_hub.constants as hfc
+
+    from vggsfm_ns.depth.model import load_depth_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("VGGSFM_NS_OFFLINE", "1")
+    name = "depth-anything/Depth-Anything-V2-Nonexistent-hf"
+    with pytest.raises(CheckpointError, match="offline mode is set") as e:
+        load_depth_model(name, device="cpu")
+    assert "could not be downloaded" not in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_depth_model_on_missing_cuda_is_input_error(tiny_dir):
+    from vggsfm_ns.depth.model import load_depth_model
+
+    with pytest.raises(InputError, match="CUDA is not available"):
+        load_depth_model(str(tiny_dir), device="cuda")
 
 
 def test_bad_local_directories_give_checkpoint_error(tmp_path, tiny_dir):

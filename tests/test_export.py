@@ -294,3 +294,23 @@ def test_summary_total_is_the_sum_of_the_stages(tmp_path):
     cells = {r[0].strip(): r[1].strip() for r in rows if len(r) >= 2}
     assert cells["total"] == "6.5 s"
     assert cells["export"] == "0.5 s" and cells["tracks"] == "2.0 s"
+
+
+def test_summary_warns_when_most_frames_are_unreliable(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from vggsfm_ns.report import build_report, print_summary
+
+    res = make_scene(tmp_path, n_frames=6)
+    rep = build_report(res)
+    outs = []
+    for reliable in (rep["summary"]["frames_registered"], 0):
+        rep["summary"]["frames_reliable"] = reliable
+        buf = io.StringIO()
+        print_summary(res, console=Console(file=buf, width=200, color_system=None), report=rep)
+        outs.append(buf.getvalue())
+    n = rep["summary"]["frames_registered"]
+    assert n > 0 and "Warning: only" not in outs[0]
+    assert f"Warning: only 0 of the {n} registered frames are reliable" in outs[1]

@@ -126,6 +126,26 @@ def test_multi_view_triangulation_exact_and_linear_variant():
         torch.testing.assert_close(Xc[3:], Xm[3:], atol=1e-10, rtol=0)
 
 
+def test_transform_cameras_and_centres_numpy_and_torch():
+    """Cameras re-expressed in the world X' = s R X + t see X' where they saw X (same normalised
+    coordinates); their centres move with the similarity; numpy and torch agree."""
+    ext, X = _cams(5), _points(30)
+    R = torch.from_numpy(look_at(np.array([0.3, -1.0, 2.0]), np.zeros(3))[:, :3])
+    t, s = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64), 2.5
+    Xn = s * X @ R.T + t
+    new = cam.transform_cameras(ext, R, t, s)
+    assert new.shape == (5, 3, 4) and new.dtype == torch.float64
+    torch.testing.assert_close(_normalized(new, Xn), _normalized(ext, X), atol=1e-12, rtol=0)
+    torch.testing.assert_close(cam.camera_centers(new), s * cam.camera_centers(ext) @ R.T + t, atol=1e-12, rtol=0)
+    torch.testing.assert_close(new[:, :, :3] @ new[:, :, :3].transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(5, 3, 3))
+    E44 = np.concatenate([ext.numpy(), np.tile([[[0, 0, 0, 1.0]]], (5, 1, 1))], 1)
+    new_np = cam.transform_cameras(E44, R.numpy(), t.numpy(), s)
+    assert isinstance(new_np, np.ndarray) and new_np.shape == (5, 3, 4)
+    np.testing.assert_allclose(new_np, new.numpy(), atol=1e-12)
+    np.testing.assert_allclose(cam.camera_centers(E44), cam.camera_centers(ext).numpy(), atol=1e-12)
+    np.testing.assert_allclose(cam.camera_centers(E44[0].tolist()), cam.camera_centers(ext[0]).numpy(), atol=1e-12)
+
+
 def test_triangulation_angles_and_sweep():
     ext, X = _cams(12), _points(40)
     C = cam.camera_centers(ext)

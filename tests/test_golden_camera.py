@@ -12,8 +12,8 @@ import pytest
 import torch
 from _vggsfm_golden import TOL, assert_close, exact_mode, golden, golden_model, maxerr
 
+from vggsfm_ns.conventions import imagenet_normalize
 from vggsfm_ns.geometry.pose_encoding import cameras_to_pixel
-from vggsfm_ns.networks.camera import imagenet_normalize
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,18 @@ def test_json_shared_top_level(tmp_path):
     np.testing.assert_allclose(k.intrinsics[0].numpy(), K(500, 502, 321, 239.5))
 
 
+def test_json_without_principal_point_uses_the_image_centre(tmp_path):
+    """Only a focal length: cx, cy default to the centre (of the stated size, rescaled to the image)."""
+    p = tmp_path / "f.json"
+    p.write_text(json.dumps({"fl_x": 1000.0}))
+    k = known_intrinsics(frames(), CameraConfig(intrinsics_file=p))
+    np.testing.assert_allclose(k.intrinsics.numpy(), np.tile(K(1000, 1000, 320, 240), (3, 1, 1)))
+    p.write_text(json.dumps({"fl_x": 2000.0, "w": 1280, "h": 960}))  # given for 2x the frames' 640x480
+    k = known_intrinsics(frames(), CameraConfig(intrinsics_file=p))
+    np.testing.assert_allclose(k.intrinsics.numpy(), np.tile(K(1000, 1000, 320, 240), (3, 1, 1)))
+    assert torch.isfinite(k.intrinsics).all()
+
+
 def test_json_transforms_per_frame_with_rescale_and_distortion(tmp_path):
     p = tmp_path / "transforms.json"
     meta = {
@@ -79,7 +91,7 @@ def test_json_keyed_by_file_name(tmp_path):
 
 @pytest.mark.parametrize("content,match", [
     ("{not json", "invalid JSON"),
-    ("[1, 2]", "must be an object"),
+    ("[1, 2]", "expected a JSON object"),
     (json.dumps({"cx": 3}), "no intrinsics"),
     (json.dumps({"fl_x": "abc", "cx": 1, "cy": 1}), "must be a number"),
     (json.dumps({"fl_x": -5, "cx": 1, "cy": 1}), "positive"),
@@ -166,6 +178,44 @@ def test_colmap_bin_truncated(tmp_path):
     p.write_bytes(data[:-5])
     with pytest.raises(InputError, match="cameras"):
         known_intrinsics(frames(), CameraConfig(intrinsics_file=p))
+
+
+def test_colmap_images_file_errors_name_the_file(tmp_path):
+    """With several cameras the image -> camera map comes from images.txt/.bin: a model with 2D
+    points reads back; a malformed one is an InputError naming the file, never a raw traceback."""
+    import pycolmap
+
+    cams = {1: ("PINHOLE", 640, 480, [500.0, 510.0, 320.0, 240.0]), 2: ("PINHOLE", 640, 480, [600.0, 600.0, 330.0, 250.0])}
+    _colmap_model(tmp_path / "m", cams, [2, 1, 2])
+    rec = pycolmap.Reconstruction(str(tmp_path / "m"))
+    rec.image(1).points2D = pycolmap.Point2DList([pycolmap.Point2D(np.array([10.0, 20.0])) for _ in range(5)])
+    rec.write_binary(str(tmp_path / "m"))
+    rec.write_text(str(tmp_path / "m"))
+    for name in ("cameras.bin", "cameras.txt"):
+        k = known_intrinsics(frames(), CameraConfig(intrinsics_file=tmp_path / "m" / name, camera_type="PINHOLE"))
+        np.testing.assert_allclose(k.intrinsics[0].numpy(), K(600, 600, 330, 250))
+        np.testing.assert_allclose(k.intrinsics[1].numpy(), K(500, 510, 320, 240))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "cameras.txt").write_text((tmp_path / "m" / "cameras.txt").read_text())
+    lines = (tmp_path / "m" / "images.txt").read_text().splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln and not ln.startswith("#"))
+    parts = lines[first].split()
+    parts[8] = "two"
+    lines[first] = " ".join(parts)
+    (bad / "images.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"images.txt: cannot read COLMAP images file \(ValueError"):
+        known_intrinsics(frames(), CameraConfig(intrinsics_file=bad / "cameras.txt"))
+
+    (bad / "images.txt").unlink()
+    (bad / "cameras.bin").write_bytes((tmp_path / "m" / "cameras.bin").read_bytes())
+    (bad / "images.bin").write_bytes((tmp_path / "m" / "images.bin").read_bytes()[:-30])
+    with pytest.raises(InputError, match="images.bin: cannot read COLMAP images file"):
+        known_intrinsics(frames(), CameraConfig(intrinsics_file=bad / "cameras.bin"))
+    (bad / "images.bin").write_bytes((tmp_path / "m" / "images.bin").read_bytes() + b"xx")
+    with pytest.raises(InputError, match="images.bin: malformed COLMAP images.bin"):
+        known_intrinsics(frames(), CameraConfig(intrinsics_file=bad / "cameras.bin"))
 
 
 def test_known_intrinsics_reach_the_back_end_in_processed_pixels():

@@ -159,6 +159,17 @@ def test_bad_folders(tmp_path, case, pattern):
     assert str(d / bad_name if bad_name else d) in msg
 
 
+def test_every_bad_image_is_named_at_once(tmp_path):
+    for i in range(5):
+        _img(tmp_path / f"f{i}.png", 64, 48, seed=i)
+    for name in ("f1.png", "f3.png"):
+        raw = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"2 unreadable images \(remove or fix them\): .*f1\.png: cannot decode image.*; .*f3\.png: cannot decode image") as ei:
+        load_frames(tmp_path)
+    assert "\n" not in str(ei.value)
+
+
 def test_mixed_sizes_supported_but_not_shared(tmp_path):
     _img(tmp_path / "a.png", 40, 30)
     _img(tmp_path / "b.png", 40, 30)
@@ -188,6 +199,35 @@ def test_ply_roundtrip(tmp_path):
     assert np.array_equal(c3, np.full((3, 3), 128))
     with pytest.raises(ValueError):
         write_ply(tmp_path / "r.ply", xyz, rgb[:5])
+    # bad files: one clear InputError naming the file
+    with pytest.raises(InputError, match="gone.ply: ply file not found"):
+        read_ply(tmp_path / "gone.ply")
+    (tmp_path / "junk.ply").write_bytes(b"not a ply at all\n")
+    with pytest.raises(InputError, match="junk.ply: cannot read point cloud"):
+        read_ply(tmp_path / "junk.ply")
+    (tmp_path / "face.ply").write_text("ply\nformat ascii 1.0\nelement face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    with pytest.raises(InputError, match="face.ply: cannot read point cloud"):
+        read_ply(tmp_path / "face.ply")
+
+
+def test_process_temp_dir_is_removed_at_exit(tmp_path):
+    """Frames decoded for an API call without ``work_dir`` do not outlive the process."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from vggsfm_ns.io.atomic import process_temp_dir\n"
+        "a, b = process_temp_dir('vggsfm_ns_t_'), process_temp_dir('vggsfm_ns_t_')\n"
+        "(a / 'f.png').write_bytes(b'x'); (b / 'sub').mkdir()\n"
+        "print(a); print(b)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    made = [Path(x) for x in out.stdout.split()]
+    assert len(made) == 2 and all(p.parent == tmp_path and p.name.startswith("vggsfm_ns_t_") for p in made)
+    assert not any(p.exists() for p in made)
 
 
 def test_atomic_output_dir(tmp_path):
@@ -217,6 +257,19 @@ def test_atomic_output_dir(tmp_path):
     (target / "video.mp4").write_bytes(b"x")
     with pytest.raises(InputError, match="replacing it would delete the input"):
         check_output_dir(target, overwrite=True, inputs=[target / "video.mp4"])
+    # a dataset with the user's own files beside it is not replaced either: they would be lost
+    (target / "video.mp4").unlink()
+    for d in ("images_2", "masks_4", "depths", "visuals"):
+        (target / d).mkdir()
+    check_output_dir(target, overwrite=True)  # dataset entries only: fine
+    (target / "raw").mkdir()
+    (target / "notes.md").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"holds a dataset and other files \(notes.md, raw\); --overwrite replaces"):
+        check_output_dir(target, overwrite=True)
+    with pytest.raises(OutputExistsError, match="other files"):
+        with atomic_output_dir(target, overwrite=True):
+            raise AssertionError("not reached: refused before the block")
+    assert (target / "notes.md").read_text() == "mine" and (target / "raw").is_dir()
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
@@ -289,3 +342,46 @@ def test_decoded_image_cache_env_budget(monkeypatch):
     with pytest.raises(ValueError, match="VGGSFM_NS_IMAGE_CACHE_MB"):
         with decoded_image_cache():
             pass
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[1, 2]", "expected a JSON object at the top level, got list"),
+    ("{\"frames\": [", "invalid JSON"),
+    ("{\"camera_model\": \"OPENCV\"}", "lists no frames"),
+    ("{\"frames\": {\"a\": 1}}", "lists no frames"),
+    ("{\"frames\": [{\"file_path\": \"images/a.png\"}]}", "frame 0 needs file_path and transform_matrix"),
+    ("{\"frames\": [[1, 2]]}", "frame 0 needs file_path and transform_matrix"),
+    ("{\"frames\": [{\"file_path\": \"images/a.png\", \"transform_matrix\": [[1, 0], [0, 1]]}]}", r"frame 0 \(images/a.png\): transform_matrix must be"),
+    ("{\"frames\": [{\"file_path\": \"images/a.png\", \"transform_matrix\": \"eye\"}]}", r"frame 0 \(images/a.png\): transform_matrix must be"),
+])
+def test_malformed_transforms_json_is_one_input_error_everywhere(tmp_path, text, match):
+    """The dataparser, the viewer and the pose metrics share one reader: same message, file named."""
+    from vggsfm_ns.io.transforms import read_transforms
+    from vggsfm_ns.metrics import load_reference_poses
+    from vggsfm_ns.viewer.view import load_dataset
+
+    p = tmp_path / "transforms.json"
+    p.write_text(text)
+    for fn in (read_transforms, load_dataset, load_reference_poses):
+        with pytest.raises(InputError, match=f"transforms.json: {match}"):
+            fn(p)
+    with pytest.raises(InputError, match="no transforms.json or COLMAP model"):
+        load_reference_poses(tmp_path / "nothing")
+
+
+def test_reference_poses_from_transforms(tmp_path):
+    """OpenGL c2w in the file -> OpenCV w2c keyed by stem; 3x4 matrices are accepted."""
+    import json
+
+    from vggsfm_ns.metrics import load_reference_poses
+
+    c2w = np.eye(4)
+    c2w[:3, 3] = [1.0, 2.0, 3.0]
+    meta = {"frames": [{"file_path": "images/a.png", "transform_matrix": c2w.tolist()},
+                       {"file_path": "images/b.jpg", "transform_matrix": c2w[:3].tolist()}]}
+    (tmp_path / "transforms.json").write_text(json.dumps(meta))
+    poses = load_reference_poses(tmp_path)
+    expect = np.array([[1.0, 0, 0, -1], [0, -1, 0, 2], [0, 0, -1, 3]])
+    assert sorted(poses) == ["a", "b"]
+    np.testing.assert_allclose(poses["a"], expect)
+    np.testing.assert_allclose(poses["b"], expect)

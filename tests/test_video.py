@@ -131,6 +131,31 @@ def test_bad_videos(tmp_path):
         load_frames(tmp_path / "missing.mp4")
 
 
+def test_truncated_video_is_reported(tmp_path):
+    """A file cut in half (index at the front, so it still opens) is used, with a warning."""
+    from vggsfm_ns.progress import PipelineObserver
+
+    class Messages(PipelineObserver):
+        def __init__(self):
+            self.got = []
+
+        def message(self, text, level="info"):
+            self.got.append((level, text))
+
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(40)]
+    _encode(tmp_path / "full.mp4", frames, movflags="faststart")
+    raw = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "half.mp4").write_bytes(raw[: len(raw) // 2])
+    full, half = Messages(), Messages()
+    extract_frames(tmp_path / "full.mp4", tmp_path / "o1", 10, observer=full)
+    fs = extract_frames(tmp_path / "half.mp4", tmp_path / "o2", 10, observer=half)
+    assert full.got == []
+    assert 0 < len(fs) < 10
+    warn = [t for lvl, t in half.got if lvl == "warning" and "decoding stopped after" in t]
+    assert len(warn) == 1 and "of the 40 frames the file declares" in warn[0] and f"{len(fs)} frames were extracted" in warn[0]
+
+
 def test_bundled_sample_video():
     sample = Path(__file__).resolve().parents[1] / "assets" / "sample" / "video.mp4"
     info = probe_video(sample)

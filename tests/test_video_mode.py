@@ -19,6 +19,7 @@ import torch
 from vggsfm_ns.config import TrackConfig, preset
 from vggsfm_ns.conventions import center_to_corner, corner_to_center
 from vggsfm_ns.errors import ReconstructionError
+from vggsfm_ns.geometry.camera import transform_cameras
 from vggsfm_ns.metrics import absolute_trajectory_error, pose_metrics
 from vggsfm_ns.progress import PipelineObserver
 from vggsfm_ns.sfm import video as V
@@ -85,7 +86,7 @@ def test_align_camera_extrinsics_recovers_a_similarity():
     R = torch.from_numpy(_rotvec_to_matrix(a.numpy()))
     t = torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
     s = torch.tensor(2.7, dtype=torch.float64)
-    tgt = V.apply_camera_alignment(src, R, t, s)
+    tgt = transform_cameras(src, R, t, s)
     # the same cameras in the target world: a world point maps with X' = s R X + t
     X = torch.tensor([0.3, 0.2, -0.1], dtype=torch.float64)
     x_src = src[:, :, :3] @ X + src[:, :, 3]
@@ -285,7 +286,7 @@ class _FakeLearned:
         self.s = torch.tensor(0.37, dtype=torch.float64)
 
     def cameras(self, idx):
-        ext = V.apply_camera_alignment(torch.from_numpy(self.scene.extrinsics[idx]), self.R, self.t, self.s)
+        ext = transform_cameras(torch.from_numpy(self.scene.extrinsics[idx]), self.R, self.t, self.s)
         from vggsfm_ns.sfm.synthetic import _rotvec_to_matrix
 
         dR = torch.from_numpy(np.stack([_rotvec_to_matrix(v) for v in self.rng.normal(0, np.deg2rad(0.5) / math.sqrt(3), (len(idx), 3))]))

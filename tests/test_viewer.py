@@ -254,8 +254,8 @@ def test_live_viewer_observer_protocol(viewer, tmp_path):
 def test_view_dataset_folder(tmp_path):
     """The finished-folder view: COLMAP model mapped into the transforms.json world, flags from the
     report, thumbnails, the dense cloud; then a plain transforms.json folder without COLMAP."""
+    from vggsfm_ns.geometry.camera import camera_centers
     from vggsfm_ns.viewer import load_dataset, view_dataset
-    from vggsfm_ns.viewer.scene import camera_centers
 
     sc = make_scene(tmp_path / "scene", num_frames=6, num_points=150, unregistered=(4,), unreliable=(2,), masks=False, depth=False)
     shutil.copy(sc.root / "sparse_pc.ply", sc.root / "dense_pc.ply")
@@ -294,3 +294,24 @@ def test_view_dataset_folder(tmp_path):
 
     with pytest.raises(InputError, match="no transforms.json"):
         load_dataset(tmp_path)
+
+
+def test_view_dataset_without_nerfstudio(tmp_path):
+    """``vggsfm-ns view`` needs only the core install: with nerfstudio not importable, a folder
+    without a COLMAP model (points from sparse_pc.ply) and with a dense cloud still loads."""
+    import sys
+
+    sc = make_scene(tmp_path / "scene", num_frames=4, num_points=60, masks=False, depth=False)
+    shutil.copy(sc.root / "sparse_pc.ply", sc.root / "dense_pc.ply")
+    shutil.rmtree(sc.root / "colmap")
+    code = (
+        "import sys; sys.modules['nerfstudio'] = None\n"  # any `import nerfstudio...` now fails
+        "from vggsfm_ns.viewer import load_dataset\n"
+        f"d = load_dataset({str(sc.root)!r})\n"
+        "assert 'nerfstudio' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(len(d.snapshot.points), len(d.extra_points['dense points'][0]), int(d.snapshot.registered.sum()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    n = int(sc.in_model.sum()) if sc.in_model.dtype == bool else len(sc.in_model)
+    assert out.stdout.split() == [str(n), str(n), str(int(sc.registered.sum()))]

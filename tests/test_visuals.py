@@ -84,6 +84,22 @@ def test_video_size_cap_and_even_sides(scene_result, tmp_path):
     np.testing.assert_allclose(lay.to_canvas(1, np.array([[0.0, 0.0], [480.0, 640.0]])), [[39.5, -0.5], [279.5, 319.5]])
 
 
+def test_video_writer_removes_file_on_error(tmp_path):
+    """A finished block leaves a decodable video; a failing one leaves no (truncated) file."""
+    from vggsfm_ns.visuals.video import VideoWriter
+
+    frame = np.full((32, 48, 3), 200, np.uint8)
+    with VideoWriter(tmp_path / "ok.mp4", (48, 32)) as w:
+        for _ in range(3):
+            w.write(frame)
+    assert len(_decode(tmp_path / "ok.mp4")[1]) == 3
+    with pytest.raises(ValueError, match="expected"):
+        with VideoWriter(tmp_path / "bad.mp4", (48, 32)) as w:
+            w.write(frame)
+            w.write(frame[:16])
+    assert not (tmp_path / "bad.mp4").exists()
+
+
 def test_tracks_mapped_back_to_original_pixels(scene_result):
     """Track positions (processed frame, pixel centre) map back onto the true projections
     (original pixels, corner convention)."""

@@ -21,11 +21,9 @@ import torch
 
 from .config import ReconstructionConfig
 from .errors import InputError
+from .io.frames import MIN_FRAMES, check_uniform_size
 from .progress import Observers, PipelineObserver, Stage
 from .types import FrameSet, ReconstructionResult, TrackSet
-
-#: Fewest frames a reconstruction accepts.
-MIN_FRAMES = 3
 
 
 @dataclass
@@ -43,16 +41,18 @@ class TrackerChoice:
     reason: str
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`.
+def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
+    """``"auto"`` or None → CUDA when available, else CPU; anything else is passed to :class:`torch.device`.
+
+    The one place where a device is chosen (the networks, the depth model).
 
     Raises:
         InputError: for an unknown device string or CUDA asked on a machine without it.
     """
-    if device == "auto":
+    if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)
+        dev = device if isinstance(device, torch.device) else torch.device(device)
     except RuntimeError as e:
         raise InputError(f"unknown device {device!r} ({e})") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -77,9 +77,9 @@ def choose_tracker(cfg: ReconstructionConfig, frames: FrameSet) -> TrackerChoice
         # an explicit --checkpoint means the learned tracker; a wrong path is an error, not a fallback
         name = "vggsfm"
     if name == "vggsfm":
-        return TrackerChoice("vggsfm", resolve_checkpoint(cfg.track.checkpoint), "asked for (--tracker vggsfm)")
+        return TrackerChoice("vggsfm", resolve_checkpoint(cfg.track.checkpoint), "requested explicitly")
     if name in ("klt", "sift"):
-        return TrackerChoice(name, None, f"asked for (--tracker {name})")
+        return TrackerChoice(name, None, "requested explicitly")
     if name != "auto":
         raise InputError(f"unknown tracker {name!r}; choose auto, vggsfm, klt or sift")
     ckpt = find_checkpoint(None)
@@ -201,8 +201,8 @@ def reconstruct(
         observer: progress/live-view receiver (e.g. :class:`vggsfm_ns.progress.RichProgress`, the
             viser live viewer, or :class:`vggsfm_ns.progress.Observers` of several).
         masks: folder of dynamic-object masks matched to the images by name (non-zero = dynamic).
-        work_dir: where decoded video frames are written (default: a temporary folder that lives
-            as long as the process).
+        work_dir: where decoded video frames are written (default: a temporary folder deleted
+            when the process exits, :func:`vggsfm_ns.io.atomic.process_temp_dir`).
 
     Returns:
         :class:`ReconstructionResult` with the frames, tracks, the bundle-adjusted model rescaled to
@@ -235,8 +235,8 @@ def _reconstruct(source, config, observer, masks, work_dir) -> ReconstructionRes
     obs.frames_loaded(frames)
     if len(frames) < MIN_FRAMES:
         raise InputError(f"found {len(frames)} usable frame(s); at least {MIN_FRAMES} are needed", frames.source)
-    if cfg.camera.shared_camera and len({tuple(s) for s in frames.sizes.tolist()}) > 1:
-        raise InputError("--shared-camera needs all images to have the same size, but they differ", frames.source)
+    if cfg.camera.shared_camera:
+        check_uniform_size(frames)
 
     device = resolve_device(cfg.device)
     choice = choose_tracker(cfg, frames)
@@ -251,6 +251,15 @@ def _reconstruct(source, config, observer, masks, work_dir) -> ReconstructionRes
     known = known_intrinsics(frames, cfg.camera)
     if known is not None:
         messages.append(f"intrinsics: {known.source}{' (fixed)' if known.fixed else ''}")
+
+    depth_model = None
+    if cfg.depth.dense_depth or cfg.depth.dense_init:
+        # loaded (downloaded if needed) before the SfM, so that a missing model fails in seconds, not
+        # after the whole reconstruction; kept on the CPU until the depth stage
+        from .depth.model import load_depth_model
+
+        with Stage(obs, "depth model", timings=timings):
+            depth_model = load_depth_model(cfg.depth.depth_model, device="cpu")
 
     tracks: Optional[TrackSet] = None
     if choice.name == "vggsfm":
@@ -278,7 +287,8 @@ def _reconstruct(source, config, observer, masks, work_dir) -> ReconstructionRes
         from .depth import estimate_depth
 
         with Stage(obs, "depth", timings=timings):
-            depth = estimate_depth(frames, sfm, cfg.depth, device=device, observer=obs, work_dir=work_dir)
+            depth = estimate_depth(frames, sfm, cfg.depth, device=device, observer=obs, work_dir=work_dir, model=depth_model.to(device))
+            depth_model = None
         if cfg.depth.dense_init:
             from .depth import dense_seed_points
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .conventions import ImageTransform
+from .conventions import ImageTransform, corner_to_center
 from .types import CameraPrior
 
 __all__ = ["average_camera_prediction", "predict_cameras", "predict_cameras_single", "camera_prior_from_normalized"]
@@ -125,8 +125,7 @@ def camera_prior_from_normalized(R: torch.Tensor, T: torch.Tensor, focal: torch.
     W, H = next(iter(sizes))
     ext, K = cameras_to_pixel(R, T, focal.float(), (W, H))  # float32 focal as the official get_EFP
     ext, K = ext.double().cpu(), K.double().cpu()
-    K[..., 0, 2] -= 0.5
-    K[..., 1, 2] -= 0.5
+    K[..., :2, 2] = corner_to_center(K[..., :2, 2])  # pixel-centre principal point
     return CameraPrior(extrinsics=ext, intrinsics=K)
 
 

@@ -108,7 +108,7 @@ def resolve_checkpoint(path: Optional[Union[str, Path]] = None, repo_id: str = V
     url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
     if path is not None:
         raise CheckpointError(f"checkpoint file not found; download {url} and pass its path with --checkpoint", Path(path).expanduser())
-    hint = f"download {url} and pass it with --checkpoint /path/to/{filename} (or run: huggingface-cli download {repo_id} {filename})"
+    hint = f"download {url} and pass it with --checkpoint /path/to/{filename} (or run: hf download {repo_id} {filename})"
     if is_offline():
         raise CheckpointError(f"{filename} is not in the Hugging Face cache and offline mode is on; {hint}")
     try:

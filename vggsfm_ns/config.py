@@ -14,6 +14,9 @@ from typing import Dict, Literal, Optional
 
 CameraType = Literal["SIMPLE_PINHOLE", "SIMPLE_RADIAL", "PINHOLE", "OPENCV"]
 TrackerName = Literal["auto", "vggsfm", "klt", "sift"]
+#: Query-point detectors (:func:`vggsfm_ns.query.points.detect_query_points`); ``query_method`` joins
+#: them with ``+``.
+QUERY_POINT_METHODS = ("aliked", "sift", "grid", "gftt")
 ModeName = Literal["auto", "sparse", "video"]
 
 

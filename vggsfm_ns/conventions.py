@@ -33,16 +33,22 @@ Camera axes
 
 :func:`opencv_w2c_to_opengl_c2w` and :func:`opengl_c2w_to_opencv_w2c` are the only conversions.
 
+Saved world and depth unit
+--------------------------
+``transforms.json`` and ``sparse_pc.ply`` are in nerfstudio's *saved world*: the COLMAP world mapped by
+:data:`APPLIED_TRANSFORM` (recorded in the file as ``applied_transform``); a COLMAP dataset without
+that key is read with nerfstudio's older assumption :data:`LEGACY_APPLIED_TRANSFORM`. Depth PNGs hold
+``depth / DEPTH_UNIT_SCALE_FACTOR`` (:data:`DEPTH_UNIT_SCALE_FACTOR`).
+
 Image normalisation
 -------------------
 Tracker inputs are RGB in [0, 1] with no mean/std normalisation (official ``DemoLoader``). DINOv2
-(camera predictor, query-frame ranking) applies ImageNet mean/std internally:
-:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`.
+(camera predictor, query-frame ranking) and Depth-Anything-V2 use :func:`imagenet_normalize`
+(:data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence, Tuple, Union
 
@@ -60,8 +66,36 @@ IMAGENET_STD: Tuple[float, float, float] = (0.229, 0.224, 0.225)
 #: Side of the square frame the VGGSfM networks run on (official ``img_size``).
 VGGSFM_IMG_SIZE: int = 1024
 
+
+def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / std`` with the ImageNet RGB statistics (DINOv2, Depth-Anything-V2 inputs).
+
+    Args:
+        images: ``[..., 3, H, W]`` float RGB in [0, 1], any device.
+
+    Returns:
+        ``[..., 3, H, W]`` float32 normalised images on the same device.
+
+    Source: the official ``_resnet_normalize_image`` (camera predictor) and Depth-Anything-V2's
+    ``NormalizeImage`` transform: both use :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return (images - mean) / std
+
 #: Per-axis flip between OpenCV and OpenGL camera axes (diag(1, -1, -1)).
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
+
+#: COLMAP world -> nerfstudio saved world, 3x4 (nerfstudio ``colmap_to_json``: rows (x, z, -y)),
+#: written to ``transforms.json`` as ``applied_transform``.
+APPLIED_TRANSFORM = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
+#: What nerfstudio assumes for a COLMAP dataset whose ``transforms.json`` has no
+#: ``applied_transform`` (``nerfstudio_dataparser.py``), 3x4.
+LEGACY_APPLIED_TRANSFORM = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+#: 16-bit depth PNG value * this = z-depth in the units of ``transform_matrix`` (millimetres of scene
+#: units; nerfstudio's default ``depth_unit_scale_factor`` too). ``transforms.json`` also records it
+#: as ``vggsfm_depth_unit_scale_factor``.
+DEPTH_UNIT_SCALE_FACTOR = 1e-3
 
 
 def center_to_corner(xy: ArrayLike) -> ArrayLike:
@@ -210,6 +244,3 @@ def default_focal(width: float, height: float) -> float:
     return float(max(width, height))
 
 
-def fov_from_focal(focal: float, size: float) -> float:
-    """Field of view in radians for a focal length and an image side, both in pixels."""
-    return 2.0 * math.atan2(size / 2.0, focal)

@@ -30,6 +30,10 @@ class OutputExistsError(VggsfmError):
     """The output directory already holds a dataset and ``--overwrite`` was not given."""
 
 
+class OutputError(VggsfmError):
+    """An output file cannot be written (disk full, no permission, read-only file system)."""
+
+
 class CheckpointError(VggsfmError):
     """A model checkpoint is missing, corrupt or cannot be downloaded; the message says what to fetch."""
 

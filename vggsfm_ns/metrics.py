@@ -14,6 +14,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from .geometry.camera import camera_centers, transform_cameras
+
 
 def _as_44(ext: np.ndarray) -> np.ndarray:
     ext = np.asarray(ext, dtype=np.float64)
@@ -104,7 +106,17 @@ def pose_metrics(
 ) -> PoseMetrics:
     """RRA@t, RTA@t (% of pairs under t degrees) and AUC@T of predicted vs reference poses.
 
-    See :func:`relative_pose_errors` for the arguments.
+    Args:
+        pred_w2c, gt_w2c: ``(S, 3 or 4, 4)`` OpenCV world-to-camera; see :func:`relative_pose_errors`.
+        valid: ``(S,)`` bool, frames with a prediction; pairs touching an invalid frame count as
+            failures (error 180 degrees).
+        thresholds: degrees for RRA / RTA; auc_thresholds: degrees for AUC.
+
+    Returns:
+        :class:`PoseMetrics` with percentages (0-100) over all ``S (S - 1) / 2`` pairs.
+
+    Source: VGGSfM paper, section 4.1 (pairwise relative rotation / translation-direction errors,
+    AUC of ``max(RRE, RTE)``), as in the official ``camera_to_rel_deg`` and ``calculate_auc_np``.
     """
     rot, trans = relative_pose_errors(pred_w2c, gt_w2c, valid)
     err = np.maximum(rot, trans)
@@ -151,13 +163,6 @@ def umeyama_sim3(src: np.ndarray, dst: np.ndarray, weights: Optional[np.ndarray]
     return scale, R, t
 
 
-def camera_centers(w2c: np.ndarray) -> np.ndarray:
-    """Camera centres ``(S, 3)`` of OpenCV world-to-camera matrices ``(S, 3 or 4, 4)``."""
-    w2c = np.asarray(w2c, np.float64)
-    R, t = w2c[:, :3, :3], w2c[:, :3, 3]
-    return -np.einsum("sji,sj->si", R, t)
-
-
 def align_poses_sim3(pred_w2c: np.ndarray, gt_w2c: np.ndarray, valid: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Tuple[float, np.ndarray, np.ndarray]]:
     """Align predicted cameras to the reference with the similarity of their centres.
 
@@ -167,13 +172,7 @@ def align_poses_sim3(pred_w2c: np.ndarray, gt_w2c: np.ndarray, valid: Optional[n
     valid = np.ones(len(pred_w2c), bool) if valid is None else np.asarray(valid, bool)
     cp, cg = camera_centers(pred_w2c), camera_centers(gt_w2c)
     s, R, t = umeyama_sim3(cp[valid], cg[valid])
-    P = _as_44(pred_w2c)
-    # world transform x_gt = s R x + t  =>  w2c' = [R_p R^T | s t_p - R_p R^T t]
-    Rp, tp = P[:, :3, :3], P[:, :3, 3]
-    Rn = Rp @ R.T
-    tn = s * tp - np.einsum("sij,j->si", Rn, t)
-    out = np.concatenate([Rn, tn[..., None]], -1)
-    return out, (s, R, t)
+    return transform_cameras(pred_w2c, R, t, s), (s, R, t)
 
 
 def absolute_trajectory_error(pred_w2c: np.ndarray, gt_w2c: np.ndarray, valid: Optional[np.ndarray] = None) -> float:
@@ -185,34 +184,36 @@ def absolute_trajectory_error(pred_w2c: np.ndarray, gt_w2c: np.ndarray, valid: O
 
 
 def load_reference_poses(path) -> Dict[str, np.ndarray]:
-    """Reference OpenCV world-to-camera poses ``(3, 4)`` keyed by image file stem.
+    """Reference OpenCV world-to-camera poses ``(3, 4)`` float64 keyed by image file stem.
 
     Accepts a nerfstudio/instant-ngp ``transforms.json`` (OpenGL camera-to-world), a folder that
     holds one, or a COLMAP model folder (``images.bin``/``images.txt``, read with pycolmap).
 
     Raises:
-        FileNotFoundError: if no supported file is found at ``path``.
+        InputError: naming the path, when it holds no supported file, or the file is malformed
+            (:func:`vggsfm_ns.io.transforms.read_transforms`) or not a readable COLMAP model.
     """
-    import json
     from pathlib import Path
 
     from .conventions import opengl_c2w_to_opencv_w2c
+    from .errors import InputError
+    from .io.transforms import read_transforms
 
     p = Path(path)
     if p.is_dir() and (p / "transforms.json").is_file():
         p = p / "transforms.json"
     if p.is_file() and p.suffix == ".json":
-        meta = json.loads(p.read_text())
+        meta = read_transforms(p)
         return {
             Path(fr["file_path"]).stem: opengl_c2w_to_opencv_w2c(np.asarray(fr["transform_matrix"], np.float64))
             for fr in meta["frames"]
         }
     if p.is_dir() and ((p / "images.bin").is_file() or (p / "images.txt").is_file()):
-        import pycolmap
+        from .io.colmap import read_model
 
-        rec = pycolmap.Reconstruction(str(p))
+        rec = read_model(p)
         return {Path(im.name).stem: im.cam_from_world().matrix() for im in rec.images.values() if im.has_pose}
-    raise FileNotFoundError(f"{path}: no transforms.json or COLMAP model found")
+    raise InputError("no transforms.json or COLMAP model (images.bin / images.txt) found", p)
 
 
 def evaluate_poses(pred: Dict[str, np.ndarray], reference: Dict[str, np.ndarray]) -> PoseMetrics:

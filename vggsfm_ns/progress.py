@@ -93,11 +93,9 @@ def snapshot_from_reconstruction(recon, names: Sequence[str], label: str, progre
                     errs.append(float(np.linalg.norm(np.asarray(proj) - p2d.xy)))
         fobs[i] = len(errs)
         ferr[i] = float(np.mean(errs)) if errs else np.nan
-    pts = recon.points3D
-    ids = sorted(pts.keys())
-    xyz = np.array([pts[k].xyz for k in ids], np.float64).reshape(-1, 3)
-    rgb = np.array([pts[k].color for k in ids], np.uint8).reshape(-1, 3)
-    perr = np.array([pts[k].error for k in ids], np.float64)
+    from .io.colmap import model_points
+
+    _, xyz, rgb, perr = model_points(recon)
     return ReconstructionSnapshot(label, list(names), ext, K, sizes, reg, xyz, rgb, perr, ferr, fobs, progress)
 
 

@@ -179,6 +179,14 @@ def print_summary(
         console.print(f"[yellow]Not registered ({len(missing)}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", soft_wrap=True)
     if unreliable:
         console.print(f"[yellow]Registered but unreliable ({len(unreliable)}): {', '.join(unreliable[:10])}{' ...' if len(unreliable) > 10 else ''}", soft_wrap=True)
+    n_reg = s["frames_registered"]
+    if n_reg and 2 * s["frames_reliable"] < n_reg:
+        console.print(
+            f"[bold yellow]Warning: only {s['frames_reliable']} of the {n_reg} registered frames are reliable (at least "
+            f"{RELIABLE_MIN_OBSERVATIONS} inlier observations, mean error under {RELIABLE_MAX_ERROR_PX:g} px); expect a "
+            "poor splat. More overlapping, textured views help.",
+            soft_wrap=True,
+        )
     for m in report["messages"]:
         console.print(f"• {m}")
     if output_dir is not None:

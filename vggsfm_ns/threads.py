@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar
@@ -62,6 +63,15 @@ def cpu_workers() -> int:
     with _lock:
         n = _outer[0] if _outer else torch.get_num_threads()
     return max(1, min(MAX_WORKERS, int(n)))
+
+
+def io_workers(max_workers: int = 8) -> int:
+    """Threads for reading or writing image files: the machine's CPU count, at most ``max_workers``.
+
+    Decoding and encoding release the GIL; these pools do not follow :func:`cpu_workers` because a
+    user who limits torch's threads still wants the frames read and the dataset written in parallel.
+    """
+    return max(1, min(int(max_workers), os.cpu_count() or 1))
 
 
 def device_workers(device, num_workers: Optional[int] = None) -> int:

@@ -105,6 +105,12 @@ class FrameSet:
         )
 
 
+#: A track observation counts when its visibility exceeds this (official back end ``vis_thres``).
+VIS_THRESH = 0.05
+#: ... and, for trackers that output one, its confidence exceeds this (official ``score_thres``).
+SCORE_THRESH = 0.5
+
+
 @dataclass
 class TrackSet:
     """2D tracks over S frames: the contract between every track source and the geometric back end.
@@ -151,7 +157,7 @@ class TrackSet:
         """``N``."""
         return int(self.tracks.shape[1])
 
-    def valid_mask(self, vis_thresh: float = 0.05, score_thresh: float = 0.5) -> torch.Tensor:
+    def valid_mask(self, vis_thresh: float = VIS_THRESH, score_thresh: float = SCORE_THRESH) -> torch.Tensor:
         """``(S, N)`` bool: ``vis > vis_thresh`` and (``score > score_thresh`` when a score exists)."""
         m = self.vis > vis_thresh
         if self.score is not None:

@@ -45,7 +45,7 @@ def training_commands(output_dir: Union[str, Path]) -> List[str]:
 
 _LAZY = {
     name: "vggsfm_ns.dataparser.vggsfm_dataparser"
-    for name in ("VGGSfMDataParserConfig", "VGGSfMDataParser", "DEFAULT_DEPTH_UNIT_SCALE_FACTOR", "read_ply_points")
+    for name in ("VGGSfMDataParserConfig", "VGGSfMDataParser", "DEFAULT_DEPTH_UNIT_SCALE_FACTOR")
 }
 
 
@@ -92,6 +92,6 @@ __all__ = ["vggsfm_dataparser", "training_commands", "POSE_REFINEMENT_FLAGS", *s
 if TYPE_CHECKING:  # pragma: no cover
     from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
-    from .vggsfm_dataparser import DEFAULT_DEPTH_UNIT_SCALE_FACTOR, VGGSfMDataParser, VGGSfMDataParserConfig, read_ply_points
+    from .vggsfm_dataparser import DEFAULT_DEPTH_UNIT_SCALE_FACTOR, VGGSfMDataParser, VGGSfMDataParserConfig
 
     vggsfm_dataparser: DataParserSpecification

@@ -34,7 +34,6 @@ nerfstudio is pinned to 1.1.5, where that name exists (checked at call time).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import threading
 from contextlib import contextmanager
@@ -48,15 +47,15 @@ from nerfstudio.data.dataparsers import nerfstudio_dataparser as _ns_parser
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import Nerfstudio, NerfstudioDataParserConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 
+from ..conventions import DEPTH_UNIT_SCALE_FACTOR, LEGACY_APPLIED_TRANSFORM
 from ..errors import InputError
+from ..io.colmap import model_points, read_model
+from ..io.ply import read_ply
+from ..io.transforms import read_json_object, read_transforms
 
-#: Depth unit of the exporter's 16-bit PNGs when ``transforms.json`` does not say: millimetres of
-#: scene units (``value * 1e-3`` = depth in ``transform_matrix`` units), nerfstudio's default too.
-DEFAULT_DEPTH_UNIT_SCALE_FACTOR = 1e-3
-
-#: The COLMAP world → nerfstudio world transform nerfstudio assumes for an old ``colmap/sparse/0``
-#: dataset without ``applied_transform`` (``nerfstudio_dataparser.py``, same value).
-_LEGACY_COLMAP_APPLIED_TRANSFORM = [[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]]
+#: Depth unit of the exporter's 16-bit PNGs when ``transforms.json`` does not say
+#: (:data:`vggsfm_ns.conventions.DEPTH_UNIT_SCALE_FACTOR`).
+DEFAULT_DEPTH_UNIT_SCALE_FACTOR = DEPTH_UNIT_SCALE_FACTOR
 
 _COLMAP_MODEL_DIR = Path("colmap/sparse/0")
 _REPORT_NAME = "vggsfm_report.json"
@@ -120,24 +119,13 @@ class VGGSfMDataParser(Nerfstudio):
             raise InputError("no transforms.json here (run ns-process-data vggsfm first, or pass the dataset folder)", json_path)
         return json_path, json_path.parent
 
-    @staticmethod
-    def _read_json(path: Path) -> Dict[str, Any]:
-        try:
-            with open(path, encoding="utf-8") as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot read JSON ({e})", path) from None
-        if not isinstance(meta, dict):
-            raise InputError("expected a JSON object", path)
-        return meta
-
     def _read_report(self, data_dir: Path) -> Dict[str, Dict[str, Any]]:
         """``vggsfm_report.json`` frames by name (``{}`` when absent or unreadable; warns then)."""
         path = data_dir / _REPORT_NAME
         if not path.is_file():
             return {}
         try:
-            report = self._read_json(path)
+            report = read_json_object(path)
             return {str(f["name"]): f for f in report.get("frames", []) if isinstance(f, dict) and "name" in f}
         except (InputError, TypeError, AttributeError) as e:
             CONSOLE.print(f"[bold yellow]Warning: ignoring {path}: {e}")
@@ -167,16 +155,12 @@ class VGGSfMDataParser(Nerfstudio):
         """Apply our options to a copy of ``transforms.json``; fills ``self._frame_info``."""
         cfg = self.config
         meta = copy.deepcopy(meta)
-        frames = meta.get("frames")
-        if not isinstance(frames, list) or not frames:
-            raise InputError("transforms.json lists no frames", json_path)
+        frames = meta["frames"]  # checked by read_transforms
         report = self._read_report(data_dir)
 
         info: Dict[str, _FrameInfo] = {}
         kept, dropped = [], []
         for i, fr in enumerate(frames):
-            if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
-                raise InputError(f"frame {i} needs file_path and transform_matrix", json_path)
             if not (data_dir / fr["file_path"]).is_file():
                 raise InputError(f"frame {i}: image {fr['file_path']!r} not found", json_path)
             name = Path(fr["file_path"]).name
@@ -220,14 +204,14 @@ class VGGSfMDataParser(Nerfstudio):
         else:
             meta["ply_file_path"] = ply
         self._frame_info = info
-        self._applied_transform = meta.get("applied_transform", _LEGACY_COLMAP_APPLIED_TRANSFORM)
+        self._applied_transform = meta.get("applied_transform", LEGACY_APPLIED_TRANSFORM.tolist())
         return meta
 
     # ------------------------------------------------------------------ main
 
     def _generate_dataparser_outputs(self, split: str = "train"):
         json_path, data_dir = self._paths()
-        raw = self._read_json(json_path)
+        raw = read_transforms(json_path)
         meta = self._prepare_meta(raw, data_dir, json_path)
         with _serve_meta(json_path, meta):
             outputs = super()._generate_dataparser_outputs(split)
@@ -267,55 +251,17 @@ class VGGSfMDataParser(Nerfstudio):
         """
         path = Path(ply_file_path)
         if path.is_dir():
-            xyz, rgb = _read_colmap_points(path)
+            _, xyz, rgb, _ = model_points(read_model(path))
             A = np.asarray(self._applied_transform, dtype=np.float64)
             xyz = xyz @ A[:3, :3].T + A[:3, 3]
         else:
-            xyz, rgb = read_ply_points(path)
+            xyz, rgb = read_ply(path)
         if xyz.shape[0] == 0:
             return None
         pts = torch.from_numpy(xyz.astype(np.float32))
         pts = torch.cat([pts, torch.ones_like(pts[:, :1])], -1) @ transform_matrix.T.to(pts.dtype)
         pts = pts * scale_factor
         return {"points3D_xyz": pts, "points3D_rgb": torch.from_numpy(rgb)}
-
-
-def read_ply_points(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """Read a point cloud PLY (:func:`vggsfm_ns.io.ply.read_ply`, plyfile) with a one-line error.
-
-    Args:
-        path: binary or ASCII PLY with a ``vertex`` element holding ``x y z`` and optionally
-            ``red green blue`` (uchar 0-255, or float in [0, 1]).
-
-    Returns:
-        ``(xyz float32 [N, 3], rgb uint8 [N, 3])``; points without colours are mid-grey (128).
-
-    Raises:
-        InputError: the file is missing, not a PLY, or has no ``vertex`` element with ``x y z``.
-    """
-    from ..io.ply import read_ply
-
-    try:
-        return read_ply(Path(path))
-    except FileNotFoundError:
-        raise InputError("ply file not found", path) from None
-    except (KeyError, ValueError, OSError, IndexError) as e:
-        raise InputError(f"cannot read point cloud ({type(e).__name__}: {e})", path) from None
-
-
-def _read_colmap_points(model_dir: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """``(xyz float64 [N, 3], rgb uint8 [N, 3])`` of a COLMAP model (text or binary) via pycolmap."""
-    import pycolmap
-
-    try:
-        rec = pycolmap.Reconstruction(str(model_dir))
-    except Exception as e:  # pycolmap raises plain RuntimeError/ValueError with C++ text
-        raise InputError(f"cannot read COLMAP model ({e})", model_dir) from None
-    pts = rec.points3D
-    ids = sorted(pts.keys())
-    xyz = np.array([pts[k].xyz for k in ids], np.float64).reshape(-1, 3)
-    rgb = np.array([pts[k].color for k in ids], np.uint8).reshape(-1, 3)
-    return xyz, rgb
 
 
 @contextmanager
@@ -339,4 +285,4 @@ def _serve_meta(json_path: Path, meta: Dict[str, Any]) -> Iterator[None]:
             _ns_parser.load_from_json = original
 
 
-__all__ = ["VGGSfMDataParserConfig", "VGGSfMDataParser", "DEFAULT_DEPTH_UNIT_SCALE_FACTOR", "read_ply_points"]
+__all__ = ["VGGSfMDataParserConfig", "VGGSfMDataParser", "DEFAULT_DEPTH_UNIT_SCALE_FACTOR"]

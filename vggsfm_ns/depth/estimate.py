@@ -7,15 +7,13 @@ predicted, aligned and (for more than a few frames) written to disk before the n
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
 from ..config import DepthConfig
+from ..io.atomic import process_temp_dir
 from ..progress import PipelineObserver, Stage
 from ..types import DepthResult, FrameDepth, FrameSet, SfMResult
 from .align import (
@@ -34,17 +32,6 @@ IN_MEMORY_PIXELS = 50_000_000
 
 #: Frames needed before the temporal joint fit is used on ordered input.
 MIN_TEMPORAL_FRAMES = 3
-
-_TEMP_DIRS: List[Path] = []
-
-
-def _temp_dir() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="vggsfm_ns_depth_"))
-    if not _TEMP_DIRS:
-        atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True) for p in _TEMP_DIRS])
-    _TEMP_DIRS.append(d)
-    return d
-
 
 def _stem(frames: FrameSet, s: int) -> str:
     return f"{s:05d}_{Path(frames.names[s]).stem}"
@@ -109,7 +96,7 @@ def estimate_depth(
 
     total_px = int(sum(int(frames.sizes[s, 0]) * int(frames.sizes[s, 1]) for s in reg))
     on_disk = work_dir is not None or total_px > IN_MEMORY_PIXELS
-    root = (Path(work_dir) / "depth") if work_dir is not None else (_temp_dir() if on_disk or temporal else None)
+    root = (Path(work_dir) / "depth") if work_dir is not None else (process_temp_dir("vggsfm_ns_depth_") if on_disk or temporal else None)
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
 

@@ -17,13 +17,12 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..conventions import DEPTH_UNIT_SCALE_FACTOR
+from ..errors import InputError, OutputError
 from ..types import DepthResult, FrameSet
 
 log = logging.getLogger(__name__)
 
-#: PNG value * this = z-depth in scene units (``transforms.json`` ``vggsfm_depth_unit_scale_factor``).
-DEPTH_UNIT_SCALE_FACTOR = 1e-3
 _PNG_MAX = 65535
 
 
@@ -81,7 +80,7 @@ def _write_png16(path: Path, image: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.ascontiguousarray(image, dtype=np.uint16)):
-        raise InputError("cannot write depth PNG", path)
+        raise OutputError("cannot write depth PNG", path)
 
 
 def save_depth_maps(
@@ -119,7 +118,8 @@ def save_depth_maps(
         ``{0: "depths/frame_00001.png"}`` (what ``depth_file_path`` in ``transforms.json`` holds).
 
     Raises:
-        InputError: a depth map has no data, the wrong size, or a file cannot be written.
+        InputError: a depth map has no data or the wrong size.
+        OutputError: a file cannot be written.
     """
     out_dir = Path(output_dir)
     taken: set = set()

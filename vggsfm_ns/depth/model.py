@@ -26,7 +26,6 @@ nothing such as sky), defined up to an unknown scale and shift per image; see
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -34,7 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..conventions import IMAGENET_MEAN, IMAGENET_STD
+from ..api import resolve_device
+from ..checkpoints import is_offline
+from ..conventions import imagenet_normalize
 from ..errors import CheckpointError, InputError
 
 
@@ -84,12 +85,6 @@ def processing_size(height: int, width: int, input_size: Optional[int] = None, m
     return _multiple(scale * height, multiple, input_size), _multiple(scale * width, multiple, input_size)
 
 
-def _resolve_device(device: DeviceLike) -> torch.device:
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class DepthModel:
     """A loaded Depth-Anything(-V2) network that predicts relative inverse depth for one image.
 
@@ -103,15 +98,23 @@ class DepthModel:
     """
 
     def __init__(self, network: torch.nn.Module, model_id: str, device: DeviceLike = None, input_size: Optional[int] = None):
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.model_id = str(model_id)
         self.input_size = input_size
         cfg = getattr(network, "config", None)
         self.patch_size = int(getattr(cfg, "patch_size", 14) or 14)
         self.metric = getattr(cfg, "depth_estimation_type", "relative") == "metric"
-        self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def to(self, device: DeviceLike) -> "DepthModel":
+        """Move the network to ``device`` (``"auto"``/None: CUDA when available); returns self.
+
+        Raises:
+            InputError: unknown device, or CUDA asked on a machine without it.
+        """
+        self.device = resolve_device(device)
+        self.network = self.network.to(self.device)
+        return self
 
     def processing_size(self, height: int, width: int) -> Tuple[int, int]:
         """``(h', w')`` the network runs at for an ``height x width`` image (see :func:`processing_size`)."""
@@ -141,7 +144,7 @@ class DepthModel:
         x = x.permute(2, 0, 1)[None].float().div_(255.0)
         if (ph, pw) != (h, w):
             x = F.interpolate(x, size=(ph, pw), mode="bicubic", align_corners=False)
-        x = (x - self._mean) / self._std
+        x = imagenet_normalize(x)
         out = self.network(pixel_values=x).predicted_depth  # (1, ph, pw)
         out = out.float()
         if self.metric:
@@ -185,7 +188,7 @@ def load_depth_model(model: str = DEFAULT_DEPTH_MODEL, device: DeviceLike = None
         )
     src = str(local) if is_local else model
     how = (
-        f"download it once with `huggingface-cli download {model}` (or run without HF_HUB_OFFLINE on a machine "
+        f"download it once with `hf download {model}` (or run without HF_HUB_OFFLINE on a machine "
         f"with internet access), or pass --depth-model DIR with a folder written by save_pretrained"
     )
 
@@ -214,9 +217,11 @@ def load_depth_model(model: str = DEFAULT_DEPTH_MODEL, device: DeviceLike = None
                 raise CheckpointError(f"cannot load depth model from directory {src} ({_short(first)})") from None
             from huggingface_hub import constants as hf_constants
 
-            offline = bool(getattr(hf_constants, "HF_HUB_OFFLINE", False)) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-            if offline:
-                raise CheckpointError(f"depth model {model!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; {how}") from None
+            if is_offline() or bool(getattr(hf_constants, "HF_HUB_OFFLINE", False)):
+                raise CheckpointError(
+                    f"depth model {model!r} is not in the Hugging Face cache and offline mode is set "
+                    f"(HF_HUB_OFFLINE / VGGSFM_NS_OFFLINE); {how}"
+                ) from None
             try:
                 net, info = _load(local_only=False)
             except CheckpointError:

@@ -28,6 +28,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from ..conventions import center_to_corner
 from ..types import DepthResult, FrameDepth, FrameSet, SfMResult
 from .align import frame_camera, sparse_depth_from_sfm, uv_to_pixel
 
@@ -228,7 +229,7 @@ def dense_seed_points(
         for a in range(0, len(rr), chunk):
             r, c = rr[a : a + chunk], cc[a : a + chunk]
             z = D[r, c].astype(np.float64)
-            uv = np.stack([c + 0.5, r + 0.5], 1).astype(np.float64)
+            uv = center_to_corner(np.stack([c, r], 1).astype(np.float64))
             xy = np.asarray(cams[s].cam_from_img(uv), dtype=np.float64).reshape(-1, 2)
             fin = np.isfinite(xy).all(1)
             Xc = np.concatenate([xy * z[:, None], z[:, None]], 1)

@@ -14,7 +14,6 @@ camera-to-world (:func:`vggsfm_ns.conventions.opencv_w2c_to_opengl_c2w`).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,19 +21,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..conventions import opencv_w2c_to_opengl_c2w
+from ..conventions import APPLIED_TRANSFORM, DEPTH_UNIT_SCALE_FACTOR, opencv_w2c_to_opengl_c2w
 from ..errors import ReconstructionError
 from ..io.atomic import atomic_output_dir
+from ..io.colmap import model_points
 from ..io.images import image_info, write_downscales, write_image
 from ..io.ply import write_ply
 from ..progress import PipelineObserver, Stage
+from ..threads import io_workers
 from ..types import FrameSet, ReconstructionResult
-
-#: COLMAP world -> saved world, 3x4 (nerfstudio ``colmap_to_json``: rows (x, z, -y)).
-APPLIED_TRANSFORM = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
-
-#: Depth PNG unit: stored value * this = depth in the units of ``transform_matrix``.
-DEPTH_UNIT_SCALE_FACTOR = 1e-3
 
 #: COLMAP camera model -> nerfstudio ``camera_model`` (``CAMERA_MODEL_TO_TYPE`` key), as in
 #: nerfstudio's ``parse_colmap_camera_params``.
@@ -111,10 +106,6 @@ def _mask_names(names: Sequence[str]) -> List[str]:
     return [n + ".png" for n in names]
 
 
-def _num_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
-
-
 def _export_images(frames: FrameSet, out: Path, num_downscales: int, observer: Optional[PipelineObserver], timings: Dict[str, float]) -> None:
     factors = [2**k for k in range(1, num_downscales + 1)]
     for d in ["images"] + [f"images_{f}" for f in factors]:
@@ -159,7 +150,8 @@ def _export_masks(frames: FrameSet, out: Path, num_downscales: int, observer: Op
 
 def _run_parallel(fn, n: int, observer: Optional[PipelineObserver], stage: str, timings: Dict[str, float]) -> None:
     with Stage(observer, stage, total=n, timings=timings) as st:
-        with ThreadPoolExecutor(max_workers=_num_workers()) as pool:
+        # at most 4 workers: each holds a full-resolution image and its downscales
+        with ThreadPoolExecutor(max_workers=io_workers(4)) as pool:
             for fut in [pool.submit(fn, i) for i in range(n)]:
                 fut.result()
                 st.advance()
@@ -174,13 +166,6 @@ def _registered(result: ReconstructionResult) -> List[Tuple[int, Any]]:
     return [(i, by_name[n]) for i, n in enumerate(result.frames.names) if n in by_name and by_name[n].has_pose]
 
 
-def _points_world(recon) -> Tuple[np.ndarray, np.ndarray]:
-    ids = sorted(recon.points3D.keys())
-    xyz = np.array([recon.points3D[k].xyz for k in ids], np.float64).reshape(-1, 3)
-    rgb = np.array([recon.points3D[k].color for k in ids], np.uint8).reshape(-1, 3)
-    return xyz, rgb
-
-
 def to_saved_world(xyz: np.ndarray) -> np.ndarray:
     """Map ``(N, 3)`` COLMAP-world points into the ``transforms.json`` world (:data:`APPLIED_TRANSFORM`)."""
     xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
@@ -193,6 +178,7 @@ def export_nerfstudio(
     num_downscales: int = 3,
     overwrite: bool = False,
     observer: Optional[PipelineObserver] = None,
+    visuals: bool = False,
 ) -> Path:
     """Write ``result`` as a nerfstudio dataset folder (layout: ``docs/output_format.md``).
 
@@ -207,6 +193,8 @@ def export_nerfstudio(
             nerfstudio picks one so that the longer side is at most 1600 px.
         overwrite: replace an existing dataset at ``output_dir``.
         observer: progress (stages ``export images``, ``export masks``, ``export``).
+        visuals: also write ``visuals/`` (:func:`vggsfm_ns.visuals.write_visuals`) inside the
+            same atomic folder, so an interrupted run leaves neither dataset nor pictures.
 
     Returns:
         ``output_dir`` as an absolute path.
@@ -221,6 +209,7 @@ def export_nerfstudio(
     Raises:
         ReconstructionError: if no frame is registered.
         OutputExistsError / InputError: see :func:`vggsfm_ns.io.atomic.check_output_dir`.
+        OutputError / OSError: a file cannot be written (nothing is left at ``output_dir``).
         ValueError: if the model's image names are not frame names, or a camera model cannot be
             expressed in ``transforms.json``.
     """
@@ -262,7 +251,7 @@ def export_nerfstudio(
                     )
                     depth_rel = None
 
-            xyz, rgb = _points_world(recon)
+            _, xyz, rgb, _ = model_points(recon)
             write_ply(tmp / "sparse_pc.ply", to_saved_world(xyz), rgb)
             ply_name = "sparse_pc.ply"
             if result.dense_points is not None and len(result.dense_points[0]):
@@ -305,4 +294,8 @@ def export_nerfstudio(
         report = build_report(result, stats)
         with open(tmp / "vggsfm_report.json", "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
+        if visuals:
+            from ..visuals import write_visuals
+
+            write_visuals(result, tmp, observer=observer)
     return output_dir

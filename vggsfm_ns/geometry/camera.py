@@ -30,6 +30,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from ..conventions import ArrayLike
+
 #: Number of distortion parameters of each supported COLMAP camera model.
 EXTRA_PARAMS: Dict[str, int] = {
     "SIMPLE_PINHOLE": 0,
@@ -221,11 +223,51 @@ def project_points(
     return img_from_cam(pc, K, extra), pc[..., 2]
 
 
-def camera_centers(extrinsics: torch.Tensor) -> torch.Tensor:
-    """Camera centres ``-R^T t`` of ``[..., 3, 4]`` extrinsics -> ``[..., 3]``."""
-    R = extrinsics[..., :3, :3]
-    t = extrinsics[..., :3, 3]
-    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+def camera_centers(extrinsics: ArrayLike) -> ArrayLike:
+    """Camera centres ``-R^T t`` (world units) of OpenCV ``cam_from_world`` ``[..., 3 or 4, 4]``.
+
+    Args:
+        extrinsics: a torch tensor (any float dtype and device) or a numpy array / nested list.
+
+    Returns:
+        ``[..., 3]``: a tensor of the input's dtype for a tensor, else a float64 numpy array.
+    """
+    if isinstance(extrinsics, torch.Tensor):
+        R = extrinsics[..., :3, :3]
+        t = extrinsics[..., :3, 3]
+        return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+    E = np.asarray(extrinsics, dtype=np.float64)
+    return -np.einsum("...ji,...j->...i", E[..., :3, :3], E[..., :3, 3])
+
+
+def transform_cameras(extrinsics: ArrayLike, R: ArrayLike, t: ArrayLike, s: float = 1.0) -> ArrayLike:
+    """Re-express OpenCV ``cam_from_world`` cameras in the world ``X' = s R X + t``.
+
+    ``[R_c | t_c]`` becomes ``[R_c R^T | s t_c - R_c R^T t]``: same images, same rotation matrices
+    kept orthonormal, translations in the new world's units.
+
+    Args:
+        extrinsics: ``[..., 3 or 4, 4]`` world-to-camera, torch or numpy.
+        R: ``(3, 3)`` rotation; t: ``(3,)`` translation; s: scale (> 0) of the similarity.
+
+    Returns:
+        ``[..., 3, 4]``: float64 tensor for a tensor input, else a float64 numpy array.
+
+    Source: official ``vggsfm/utils/align.py: apply_transformation``.
+    """
+    if isinstance(extrinsics, torch.Tensor):
+        E = extrinsics.to(torch.float64)
+        R = torch.as_tensor(R, dtype=torch.float64, device=E.device)
+        t = torch.as_tensor(t, dtype=torch.float64, device=E.device)
+        s = torch.as_tensor(s, dtype=torch.float64, device=E.device)
+        Rn = E[..., :3, :3] @ R.T
+        tn = s * E[..., :3, 3] - (Rn @ t[:, None])[..., 0]
+        return torch.cat([Rn, tn[..., None]], -1)
+    E = np.asarray(extrinsics, dtype=np.float64)
+    R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
+    Rn = E[..., :3, :3] @ R.T
+    tn = s * E[..., :3, 3] - (Rn @ t[:, None])[..., 0]
+    return np.concatenate([Rn, tn[..., None]], -1)
 
 
 def intrinsics_matrix(fx: torch.Tensor, fy: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor) -> torch.Tensor:

@@ -246,7 +246,7 @@ def cameras_to_pixel(
     f = focal * scale / 2
     if f.shape[-1] == 1:
         f = f.expand(*f.shape[:-1], 2)
-    pp = (size - torch.zeros_like(f) * scale) / 2
+    pp = (size / 2).expand_as(f)  # the official principal-point offset is 0
     f = f.mean(dim=-1, keepdim=True).expand(*f.shape[:-1], 2)
     f = f.clamp(0.2 * scale, 5 * scale)
     extrinsics = torch.cat([R, T[..., None]], dim=-1)

@@ -334,24 +334,6 @@ def _pair_angle(c1: torch.Tensor, c2: torch.Tensor, X: torch.Tensor) -> torch.Te
     return torch.rad2deg(torch.acos(cos))
 
 
-def angular_errors(extrinsics: torch.Tensor, tracks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Angle (radians) between each observed ray and the ray to each candidate point.
-
-    Args:
-        extrinsics: ``[S, 3, 4]`` shared by all tracks, or ``[N, S, 3, 4]`` per track.
-        tracks: ``[N, S, 2]`` normalised observations (track-major).
-        points: ``[N, H, 3]`` H candidate points per track.
-
-    Returns:
-        ``[N, H, S]`` angles in ``[0, pi]``.
-
-    Source: official ``calculate_normalized_angular_error_batched``.
-    """
-    if extrinsics.dim() == 3:
-        extrinsics = extrinsics[None].expand(tracks.shape[0], -1, -1, -1)
-    return torch.acos(_RayTerms(extrinsics, tracks).cos(points))
-
-
 class _RayTerms:
     """Per-track terms of the angular error and depth, computed once per chunk.
 
@@ -473,8 +455,9 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
     """Ray-distance least-squares triangulation of many tracks over shared cameras (no RANSAC).
 
     Args:
-        extrinsics: ``[S, 3, 4]``.
-        tracks: ``[S, N, 2]`` normalised observations.
+        extrinsics: ``[S, 3, 4]`` OpenCV ``cam_from_world`` (float32 or float64).
+        tracks: ``[S, N, 2]`` normalised image coordinates (``K^-1`` applied, no distortion),
+            same dtype; float64 tracks are solved in float64.
         mask: ``[S, N]`` bool, the views used for each track.
         max_tracks_per_chunk: tracks processed at once (0: from free memory).
         num_workers: CPU threads that process chunks in parallel (default
@@ -484,7 +467,10 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
         ``[N, 3]``; same result as :func:`triangulate_multi_view` with shared cameras for tracks
         with at least two views, NaN for the others. Each track is solved over its own views only
         (tracks sorted by view count, chunks padded to at most twice their shortest track's count),
-        so the cost is the number of observations, not ``S x N``.
+        so the cost is the number of observations, not ``S x N``. World units of ``extrinsics``.
+
+    Source: the linear step of the official ``triangulate_multi_view_point_batched`` (minimum of
+    the summed squared distances to the observation rays), without its RANSAC.
     """
     S, N = mask.shape
     ext = extrinsics.to(torch.float64) if tracks.dtype == torch.float64 else extrinsics

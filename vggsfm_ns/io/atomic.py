@@ -8,8 +8,10 @@ target's name. Input files are never deleted: a target that contains an input is
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -21,6 +23,48 @@ from ..errors import InputError, OutputExistsError
 
 #: Entries whose presence marks a folder as a dataset (ours or nerfstudio's ns-process-data output).
 DATASET_MARKERS = ("transforms.json", "vggsfm_report.json", "colmap", "images", "sparse_pc.ply")
+
+
+_PROCESS_TEMP_DIRS: List[Path] = []
+_PROCESS_TEMP_LOCK = threading.Lock()
+
+
+def _remove_process_temp_dirs() -> None:
+    for d in _PROCESS_TEMP_DIRS:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def process_temp_dir(prefix: str) -> Path:
+    """A new temporary folder (system temp dir) that is deleted when the Python process exits.
+
+    For intermediate files of API calls that were given no ``work_dir`` (decoded video frames,
+    depth maps spilled to disk): they must outlive the call that made them, since the returned
+    :class:`~vggsfm_ns.types.FrameSet` points at them, but not the process.
+
+    Raises:
+        OSError: the folder cannot be created.
+    """
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    with _PROCESS_TEMP_LOCK:
+        if not _PROCESS_TEMP_DIRS:
+            atexit.register(_remove_process_temp_dirs)
+        _PROCESS_TEMP_DIRS.append(d)
+    return d
+
+
+#: Names a dataset folder may hold besides :data:`DATASET_MARKERS`: what ``export_nerfstudio`` writes
+#: (downscaled copies ``images_N``, ``masks``, ``depths``, ``dense_pc.ply``, ``visuals``) and what
+#: nerfstudio's own ``ns-process-data`` converters write (``depth``, ``point_cloud.ply``, ...).
+#: ``--overwrite`` replaces such a folder only when it holds nothing else.
+DATASET_ENTRIES = frozenset(DATASET_MARKERS) | {
+    "masks", "depths", "depth", "dense_pc.ply", "visuals", "point_cloud.ply", "reconstruction.ply", "temp_images",
+}
+_DOWNSCALED = re.compile(r"^(images|masks|depths)_\d+$")
+
+
+def _foreign_entries(path: Path) -> List[str]:
+    """Entries of a dataset folder that no dataset writer makes (the user's own files)."""
+    return sorted(p.name for p in path.iterdir() if p.name not in DATASET_ENTRIES and not _DOWNSCALED.match(p.name))
 
 
 def is_dataset(path: Path) -> bool:
@@ -41,7 +85,7 @@ def check_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Opt
     """Check, before any work is done, that a dataset can be written to ``target``.
 
     Accepted: a missing folder, an empty folder, or (with ``overwrite``) an existing dataset that
-    contains none of ``inputs``.
+    contains none of ``inputs`` and nothing but dataset entries (:data:`DATASET_ENTRIES`).
 
     Args:
         target: the dataset folder to be written.
@@ -51,7 +95,7 @@ def check_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Opt
 
     Raises:
         OutputExistsError: if ``target`` is a file, holds a dataset and ``overwrite`` is False, or
-            holds other files (never replaced, even with ``overwrite``).
+            holds other files, alone or beside a dataset (never replaced, even with ``overwrite``).
         InputError: if an input lies inside a non-empty ``target``.
     """
     target = Path(target)
@@ -71,6 +115,14 @@ def check_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Opt
         raise OutputExistsError("exists and holds files that are not a dataset; choose a new or empty --output-dir", target)
     if not overwrite:
         raise OutputExistsError("already holds a dataset; pass --overwrite to replace it", target)
+    foreign = _foreign_entries(target)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputExistsError(
+            f"holds a dataset and other files ({shown}); --overwrite replaces the whole folder, so move "
+            "them out or choose another --output-dir",
+            target,
+        )
 
 
 @contextlib.contextmanager

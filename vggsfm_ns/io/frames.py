@@ -7,9 +7,7 @@ file is decoded once at low cost to catch truncated images early). Videos are de
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -18,11 +16,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import PipelineObserver, Stage
+from ..threads import io_workers
 from ..types import FrameSet
+from .atomic import process_temp_dir
 from .images import IMAGE_EXTENSIONS, image_info
-
-#: File extensions treated as videos (lower case). Other files are still tried with PyAV.
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".mts", ".m2ts", ".ts")
 
 #: The fewest frames a reconstruction can use.
 MIN_FRAMES = 3
@@ -38,11 +35,6 @@ def list_images(folder: Path) -> List[Path]:
     """Image files directly inside ``folder`` (hidden files skipped), in natural name order."""
     files = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files, key=lambda p: natural_key(p.name))
-
-
-def is_video_file(path: Path) -> bool:
-    """True when ``path`` is a file with a known video extension."""
-    return Path(path).is_file() and Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 def load_frames(
@@ -88,7 +80,7 @@ def load_frames(
         from .video import extract_frames
 
         if work_dir is None:
-            work_dir = Path(tempfile.mkdtemp(prefix="vggsfm_ns_frames_"))
+            work_dir = process_temp_dir("vggsfm_ns_frames_")
         frames = extract_frames(source, Path(work_dir) / "frames", num_frames_target, observer=observer)
     else:
         raise InputError("is neither a folder nor a file", source)
@@ -109,13 +101,30 @@ def _load_folder(folder: Path, observer: Optional[PipelineObserver]) -> FrameSet
         hint = f" (did you mean {sub}?)" if sub.is_dir() else ""
         exts = " ".join(IMAGE_EXTENSIONS)
         raise InputError(f"no images found (looked for {exts}){hint}", folder)
-    sizes, focals = [], []
-    # headers and decode checks in parallel (Pillow releases the GIL while decoding)
-    with Stage(observer, "frames", total=len(files)) as st, ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
-        for info in ex.map(lambda p: image_info(p, check_decode=True), files):
-            sizes.append(info.size)
-            focals.append(info.exif_focal_px)
+    sizes, focals, bad = [], [], []
+
+    def check(path: Path):
+        try:
+            return image_info(path, check_decode=True)
+        except InputError as e:
+            return e
+
+    # headers and decode checks in parallel (Pillow releases the GIL while decoding); every bad file
+    # is collected, so that one run names them all
+    with Stage(observer, "frames", total=len(files)) as st, ThreadPoolExecutor(io_workers()) as ex:
+        for info in ex.map(check, files):
+            if isinstance(info, InputError):
+                bad.append(info)
+            else:
+                sizes.append(info.size)
+                focals.append(info.exif_focal_px)
             st.advance()
+    if len(bad) == 1:
+        raise bad[0]
+    if bad:
+        shown = "; ".join(str(e) for e in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise InputError(f"{len(bad)} unreadable images (remove or fix them): {shown}{more}", folder)
     return FrameSet(
         names=[p.name for p in files],
         sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),

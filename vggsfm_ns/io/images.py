@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 
 #: File extensions recognised as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -179,7 +179,6 @@ _TAG_FOCAL_PLANE_X_RES = 0xA20E
 _TAG_FOCAL_PLANE_RES_UNIT = 0xA210
 _TAG_FOCAL_35MM = 0xA405
 _TAG_PIXEL_X_DIM = 0xA002
-_TAG_PIXEL_Y_DIM = 0xA003
 
 #: Millimetres per FocalPlaneResolutionUnit (2 = inch, 3 = centimetre, 4 = millimetre, 5 = micrometre).
 _RES_UNIT_MM = {1: 25.4, 2: 25.4, 3: 10.0, 4: 1.0, 5: 1e-3}
@@ -337,7 +336,7 @@ def write_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
     written, so the result is upright for every reader.
 
     Raises:
-        OSError: if the file cannot be written.
+        OutputError: naming the file, if it cannot be written.
     """
     path = Path(path)
     arr = np.ascontiguousarray(image)
@@ -353,9 +352,12 @@ def write_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
                 params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         bgr = arr[..., ::-1] if arr.ndim == 3 else arr
         if not cv2.imwrite(str(path), np.ascontiguousarray(bgr), params):
-            raise OSError(f"could not write {path}")
+            raise OutputError("cannot write image", path)
         return
-    _save(Image.fromarray(arr), path, quality)
+    try:
+        _save(Image.fromarray(arr), path, quality)
+    except OSError as e:
+        raise OutputError(f"cannot write image ({e.strerror or e})", path) from None
 
 
 def _save(im: Image.Image, path: Path, quality: int = 95) -> None:

@@ -43,16 +43,32 @@ def write_ply(path: Path, xyz: np.ndarray, rgb: Optional[np.ndarray] = None) -> 
 
 
 def read_ply(path: Path) -> Tuple[np.ndarray, np.ndarray]:
-    """Read a PLY point cloud.
+    """Read a PLY point cloud (binary or ASCII, plyfile).
+
+    Args:
+        path: a PLY file with a ``vertex`` element holding ``x y z`` and optionally ``red green
+            blue`` (uchar 0-255, or float in [0, 1]).
 
     Returns:
         ``(xyz (N, 3) float32, rgb (N, 3) uint8)``; colours are grey (128) when the file has none.
         Float colours in [0, 1] are scaled to 0..255.
-    """
-    from plyfile import PlyData
 
-    v = PlyData.read(str(path))["vertex"].data
-    xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
+    Raises:
+        InputError: naming the file, when it is missing, not a PLY, or has no ``vertex`` element
+            with ``x y z``.
+    """
+    from plyfile import PlyData, PlyParseError
+
+    from ..errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("ply file not found", path)
+    try:
+        v = PlyData.read(str(path))["vertex"].data
+        xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
+    except (PlyParseError, KeyError, ValueError, OSError, IndexError, TypeError) as e:
+        raise InputError(f"cannot read point cloud ({type(e).__name__}: {e})", path) from None
     names = v.dtype.names or ()
     if all(c in names for c in ("red", "green", "blue")):
         rgb = np.stack([v["red"], v["green"], v["blue"]], axis=1)

@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..progress import PipelineObserver, Stage
 from ..types import FrameSet
 
@@ -41,6 +41,11 @@ class VideoInfo:
     fps: float
     size: Tuple[int, int]
     rotation: int
+
+
+#: A video that decodes to fewer than this fraction of the frames its container declares is
+#: reported as possibly truncated.
+TRUNCATED_FRACTION = 0.95
 
 
 def _open(video: Path):
@@ -163,7 +168,8 @@ def extract_frames(
         num_frames_target: number of frames to keep. The decoded frames are split into this many
             equal intervals and the sharpest frame (variance of the Laplacian) of each is kept, in
             temporal order. A video with fewer frames yields all of them; ``<= 0`` keeps all frames.
-        observer: progress reporting (stage ``video``, one step per decoded frame).
+        observer: progress reporting (stage ``video``, one step per decoded frame) and warnings
+            (corrupt packets skipped; fewer frames decoded than the container declares).
 
     Returns:
         An ordered :class:`FrameSet` (``ordered=True``, ``source=video``) whose frames are the PNGs.
@@ -172,12 +178,14 @@ def extract_frames(
 
     Raises:
         InputError: if the file cannot be opened, has no video stream, or no frame decodes.
+        OutputError: if an extracted frame cannot be written.
     """
     import cv2
 
     video = Path(video)
     out_dir = Path(out_dir)
     n_total = _count_frames(video)
+    declared = n_total
     target = int(num_frames_target)
     if target <= 0 or (n_total > 0 and target > n_total):
         target = max(n_total, 1) if target > 0 else 10**12
@@ -204,7 +212,7 @@ def extract_frames(
         name = f"frame_{len(names) + 1:05d}.png"
         path = out_dir / name
         if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-            raise OSError(f"could not write {path}")
+            raise OutputError("cannot write extracted frame", path)
         names.append(name)
         paths.append(path)
         sizes.append((rgb.shape[1], rgb.shape[0]))
@@ -239,6 +247,12 @@ def extract_frames(
         raise InputError("no decodable video frames" + (f" ({bad} corrupt packets)" if bad else ""), video)
     if observer is not None and stats.get("bad"):
         observer.message(f"{video.name}: skipped {stats['bad']} corrupt video packets", "warning")
+    if observer is not None and declared > 0 and decoded < TRUNCATED_FRACTION * declared:
+        observer.message(
+            f"{video.name}: decoding stopped after {decoded} of the {declared} frames the file declares "
+            f"(truncated or damaged file?); {len(names)} frames were extracted from the part that decodes",
+            "warning",
+        )
     return FrameSet(
         names=names,
         sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),

@@ -13,25 +13,17 @@ transformers equivalence (bit-identical with SDPA attention).
 
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..conventions import IMAGENET_MEAN, IMAGENET_STD
+from ..conventions import imagenet_normalize
 from .blocks import AttnBlock, CrossAttnBlock, Mlp
 from .embeddings import cached_sincos_pos_embed_2d, harmonic_embedding
 
-__all__ = ["DinoBackbone", "CameraPredictor", "imagenet_normalize"]
-
-
-def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / std`` with the ImageNet RGB statistics; ``[B, 3, H, W]`` in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
+__all__ = ["DinoBackbone", "CameraPredictor"]
 
 
 def _dinov2_config():
@@ -153,9 +145,6 @@ def _backbone_load_pre_hook(module: DinoBackbone, state_dict, prefix, local_meta
             continue
         for name, part in zip(hfs, value.chunk(3, dim=0)):
             state_dict[hf_prefix + name] = part
-
-
-_QKV_RE = re.compile(r"(.*)hf\.encoder\.layer\.(\d+)\.attention\..*\b(q_proj|k_proj|v_proj|query|key|value)\.(weight|bias)$")
 
 
 def _backbone_load_post_hook(module: DinoBackbone, incompatible) -> None:

@@ -5,10 +5,12 @@ Source: official ``generate_rank_by_dino`` and ``farthest_point_sampling`` (``vg
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from ..query.frames import farthest_point_sampling
 
 __all__ = ["rank_frames_by_dino", "rank_from_patch_tokens"]
 
@@ -18,8 +20,9 @@ def rank_from_patch_tokens(patch_tokens: torch.Tensor) -> torch.Tensor:
 
     Each channel is L2-normalised over the patches of its frame; the frame similarity is the mean
     over patches of the channel dot products. The first frame is the one most similar to all others
-    (largest row sum, diagonal excluded); then the sampler repeatedly takes the frame farthest
-    (``100 - similarity``) from the *last* chosen frame among those not chosen yet.
+    (largest row sum, diagonal excluded); then :func:`~vggsfm_ns.query.frames.farthest_point_sampling`
+    repeatedly takes the frame farthest (``100 - similarity``) from the *last* chosen frame among
+    those not chosen yet.
 
     Args:
         patch_tokens: ``[S, P, C]`` float ``x_norm_patchtokens``.
@@ -35,17 +38,7 @@ def rank_from_patch_tokens(patch_tokens: torch.Tensor) -> torch.Tensor:
     dist = (100 - sim.clone()).clamp(min=0)
     sim.fill_diagonal_(-100)
     first = int(torch.argmax(sim.sum(dim=1)).item())
-    order: List[int] = [first]
-    check = dist[first].clone()
-    check[order] = 0
-    while len(order) < S:
-        nxt = int(torch.argmax(check).item())
-        if nxt in order:  # only reachable in exact ties: take the first unused frame
-            nxt = next(i for i in range(S) if i not in order)
-        order.append(nxt)
-        check = dist[nxt].clone()
-        check[order] = 0
-    return torch.tensor(order, dtype=torch.long)
+    return torch.tensor(farthest_point_sampling(dist, S, start=first), dtype=torch.long)
 
 
 @torch.no_grad()

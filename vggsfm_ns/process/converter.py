@@ -24,7 +24,7 @@ from typing import List, Literal, Optional
 
 import tyro
 
-from ..config import CameraType, ModeName, ReconstructionConfig, TrackerName, preset
+from ..config import QUERY_POINT_METHODS, CameraType, ModeName, ReconstructionConfig, TrackerName, preset
 
 try:  # nerfstudio is an optional dependency: vggsfm-ns process works without it.
     from nerfstudio.process_data.base_converter_to_nerfstudio_dataset import BaseConverterToNerfstudioDataset
@@ -154,6 +154,12 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
                 raise InputError("checkpoint file not found", self.checkpoint)
             t.checkpoint = Path(self.checkpoint).expanduser()
         if self.query_method is not None:
+            unknown = [m for m in self.query_method.split("+") if m not in QUERY_POINT_METHODS]
+            if unknown:
+                raise InputError(
+                    f"--query-method {self.query_method!r}: unknown {', '.join(map(repr, unknown))}; "
+                    f"choose from {', '.join(QUERY_POINT_METHODS)} joined with '+'"
+                )
             t.query_method = self.query_method
         if self.max_query_pts is not None:
             if self.max_query_pts <= 0:
@@ -196,7 +202,26 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
 
     def main(self) -> None:
         """Run the conversion; user errors print one red line and exit with their exit code."""
-        run_cli(self._run)
+        run_cli(self._run_reporting_interrupts)
+
+    def _run_reporting_interrupts(self) -> None:
+        """:meth:`_run`; a Ctrl+C that lands after the dataset was committed says so (exit 130)."""
+        started = time.time()
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            tf = Path(self.output_dir).expanduser().absolute() / "transforms.json"
+            with contextlib.suppress(OSError):
+                if tf.stat().st_mtime >= started - 1.0:  # written by this run (atomic rename keeps mtime)
+                    from rich.console import Console
+
+                    Console(stderr=True).print(
+                        f"[bold red]Interrupted[/bold red] after the dataset was written to {tf.parent}.",
+                        soft_wrap=True,
+                        highlight=False,
+                    )
+                    sys.exit(130)
+            raise
 
     def _run(self) -> None:
         from rich.console import Console
@@ -210,7 +235,7 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
                 "nerfstudio holds out evaluation frames itself (eval_mode)"
             )
         data = Path(self.data).expanduser()
-        out = Path(self.output_dir).expanduser()
+        out = Path(self.output_dir).expanduser().absolute()  # "." must have a real parent for the work folder
         masks = Path(self.masks).expanduser() if self.masks is not None else None
         if not data.exists():
             raise InputError("input not found", data)
@@ -239,9 +264,10 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
         observer = Observers([progress, viewer])
 
         work_parent = out.parent if out.parent.is_dir() else None
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=work_parent))
         ok = False
+        work: Optional[Path] = None
         try:
+            work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=work_parent))
             # each image is decoded once for the whole conversion (checks, features, colours, export)
             with decoded_image_cache():
                 t0 = time.perf_counter()
@@ -255,16 +281,15 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
                 result = reconstruct(frames, cfg, observer=observer, work_dir=work)
                 if "frames" not in result.timings:  # frames were loaded here, not inside reconstruct
                     result.timings = {"frames": t_frames, **result.timings}
-                export_nerfstudio(result, out, num_downscales=self.num_downscales, overwrite=self.overwrite, observer=observer)
-                written: List[Path] = []
-                if self.visuals:
-                    from ..visuals import write_visuals
-
-                    written = list(write_visuals(result, out))
+                export_nerfstudio(
+                    result, out, num_downscales=self.num_downscales, overwrite=self.overwrite, observer=observer, visuals=self.visuals
+                )
+                written: List[Path] = sorted((out / "visuals").iterdir()) if self.visuals else []
             ok = True
         finally:
             progress.close()
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                _remove_tree(work)
             if viewer is not None and not ok:
                 _stop_viewer(viewer)
 
@@ -287,6 +312,19 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
                 _stop_viewer(viewer)
 
 
+def _remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` that finishes even when a second Ctrl+C arrives meanwhile (then re-raised)."""
+    interrupted = False
+    for _ in range(3):
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+
+
 def _stop_viewer(viewer) -> None:
     """Stop a live viewer's server (``stop()`` when it has one, else ``close()``); never raises."""
     with contextlib.suppress(Exception):
@@ -299,6 +337,9 @@ def run_cli(fn) -> None:
     * :class:`~vggsfm_ns.errors.VggsfmError`: its message, exit code ``exit_code``.
     * ``KeyboardInterrupt``: "interrupted", exit 130 (no dataset was written: output is atomic).
     * torch out-of-memory: advice on lowering memory use, exit 4.
+    * ``OSError`` (disk full, no permission, read-only file system): the file and the system's
+      reason, exit 2 (the output is atomic, so nothing half-written stays behind).
+    * any other exception (a bug): its traceback, then exit 1.
 
     nerfstudio's ``ns-process-data`` entry point catches ``ValueError``/``RuntimeError`` and exits 0,
     so failures must leave through ``SystemExit`` here.
@@ -317,6 +358,10 @@ def run_cli(fn) -> None:
     except KeyboardInterrupt:
         err.print("[bold red]Interrupted[/bold red]: no dataset was written.", soft_wrap=True, highlight=False)
         sys.exit(130)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]Error:[/bold red] {escape(where + (e.strerror or str(e)))}", soft_wrap=True, highlight=False)
+        sys.exit(2)
     except Exception as e:  # noqa: BLE001
         if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()[:200]:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -327,4 +372,15 @@ def run_cli(fn) -> None:
                 highlight=False,
             )
             sys.exit(4)
-        raise
+        # A bug: show where, and leave with a failure code. Re-raising is not enough: nerfstudio's
+        # ns-process-data entry point turns ValueError / RuntimeError into exit 0.
+        import traceback
+
+        traceback.print_exc()
+        err.print(
+            f"[bold red]Error:[/bold red] internal error ({escape(type(e).__name__)}; traceback above). "
+            "Please report it with the command line.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        sys.exit(1)

@@ -30,7 +30,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from ..conventions import corner_to_center
+from ..config import QUERY_POINT_METHODS
+from ..conventions import center_to_corner, corner_to_center
 from ..errors import CheckpointError
 
 #: Official ALIKED ``aliked-n16`` weights (the URL LightGlue's ALIKED wrapper downloads).
@@ -41,8 +42,6 @@ ALIKED_FILENAME = "aliked-n16.pth"
 ALIKED_DETECTION_THRESHOLD = 0.005
 ALIKED_NMS_RADIUS = 2
 
-#: Methods understood by :func:`detect_query_points`.
-QUERY_POINT_METHODS = ("aliked", "sift", "grid", "gftt")
 
 #: SIFT implementations understood by :func:`extract_sift`.
 SIFT_BACKENDS = ("opencv", "pycolmap")
@@ -148,7 +147,7 @@ def extract_sift(
         big = cv2.resize(gray, (bw, bh), interpolation=cv2.INTER_LINEAR)
         xy, scale, desc = extract_sift(big, max_features, backend, contrast_threshold, upsample, 1.0, sigma)
         fx, fy = bw / w, bh / h
-        xy = np.stack([(xy[:, 0] + 0.5) / fx - 0.5, (xy[:, 1] + 0.5) / fy - 0.5], 1) if len(xy) else xy
+        xy = corner_to_center(center_to_corner(xy) / np.array([fx, fy], np.float32)) if len(xy) else xy
         return xy.astype(np.float32), (scale / fx).astype(np.float32), desc
     if backend == "opencv":
         import cv2
@@ -225,11 +224,9 @@ def load_aliked(weights: Optional[Path] = None, device: Optional[torch.device] =
     ``strict=False``; here a local file is loaded and every learned tensor must be present.
     """
     device = torch.device(device) if device is not None else torch.device("cpu")
+    from ..checkpoints import load_state_dict, resolve_url_file
+
     if weights is None:
-        try:
-            from ..checkpoints import resolve_url_file
-        except ImportError as e:  # pragma: no cover - the module ships with the package
-            raise CheckpointError(f"ALIKED weights not given and no downloader available ({e})") from None
         weights = resolve_url_file(ALIKED_URL, None, ALIKED_FILENAME)
     weights = Path(weights)
     key = (str(weights.resolve()) if weights.exists() else str(weights), str(device))
@@ -238,14 +235,7 @@ def load_aliked(weights: Optional[Path] = None, device: Optional[torch.device] =
             return _ALIKED_CACHE[key]
     if not weights.is_file():
         raise CheckpointError(f"ALIKED weights not found (download {ALIKED_URL})", weights)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / not a torch file
-        raise CheckpointError(f"cannot read ALIKED weights ({type(e).__name__}: {e})", weights) from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError("not an ALIKED state dict", weights)
+    state = load_state_dict(weights)
     from kornia.feature import ALIKED
 
     model = ALIKED(

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ..config import CameraConfig, SfMConfig
-from ..conventions import ImageTransform, center_to_corner
+from ..conventions import ImageTransform, center_to_corner, corner_to_center, default_focal
 from ..errors import InputError, ReconstructionError
 from ..geometry.camera import cam_from_img, num_extra_params, undistort
 from ..geometry.filtering import filter_points3d, reprojection_errors, valid_frame_mask
@@ -75,8 +75,6 @@ MIN_PNP_INLIERS = 15
 MIN_PNP_INLIER_RATIO = 0.25
 #: Reprojection threshold (px) of pose refinement and PnP (official ``refine_pose`` max error).
 POSE_MAX_ERROR = 12.0
-#: Visibility / confidence thresholds of the official back end.
-VIS_THRESH, SCORE_THRESH = 0.05, 0.5
 #: LO-RANSAC triangulation budget per track: two-view hypotheses, then the first and second local
 #: optimisation sizes. Frame pairs are drawn per track among its observed frames (the official code
 #: draws 256 pairs among all frames, shared by all tracks, with LO 50 / 10; most of those pairs are
@@ -683,7 +681,7 @@ def _initial_intrinsics(transforms: List[ImageTransform], camera_cfg: CameraConf
         source = "prior"
     else:
         for i, t in enumerate(transforms):
-            K[i, 0, 0] = K[i, 1, 1] = max(t.orig_size) * t.scale
+            K[i, 0, 0] = K[i, 1, 1] = default_focal(*t.orig_size) * t.scale
         source = "default"
     if camera_cfg.camera_type in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
         f = (K[:, 0, 0] + K[:, 1, 1]) / 2
@@ -737,7 +735,7 @@ def _sample_colors(frames: FrameSet, valid: torch.Tensor, xy_orig: torch.Tensor,
             img = img[..., None].repeat(3, -1)
         img = img[..., :3]
         H, W = img.shape[:2]
-        p = xy_np[i][m] - 0.5  # corner -> centre convention
+        p = corner_to_center(xy_np[i][m])
         x = np.clip(p[:, 0], 0, W - 1)
         y = np.clip(p[:, 1], 0, H - 1)
         x0 = np.floor(x).astype(int)
@@ -834,7 +832,7 @@ def _reconstruct(tracks, frames, sfm_cfg, camera_cfg, prior, known, observer, se
 
     # ---------------------------------------------------------------- inputs in processed pixels
     xy = center_to_corner(tracks.tracks.detach().to(torch.float64).cpu())
-    obs = tracks.valid_mask(VIS_THRESH, SCORE_THRESH).cpu() & torch.isfinite(xy).all(-1)
+    obs = tracks.valid_mask().cpu() & torch.isfinite(xy).all(-1)
     boxes = torch.tensor([t.content_box() for t in transforms], dtype=torch.float64)
     obs &= (xy[..., 0] >= boxes[:, None, 0]) & (xy[..., 0] <= boxes[:, None, 2]) & (xy[..., 1] >= boxes[:, None, 1]) & (xy[..., 1] <= boxes[:, None, 3])
     xy = torch.where(obs[..., None], xy, torch.zeros_like(xy))
@@ -875,7 +873,7 @@ def _reconstruct(tracks, frames, sfm_cfg, camera_cfg, prior, known, observer, se
         )
     j = others[row]
     timings["initial_pair"] = time.perf_counter() - t0
-    notes.append(f"initial pair: frames {ref} and {j} ({n_init} points, triangulation angle >= {thr:g} deg)")
+    notes.append(f"initial pair: {names[ref]} and {names[j]} ({n_init} points, triangulation angle >= {thr:g} deg)")
 
     if prior is not None:
         model.ext = pair_ext.clone()
@@ -928,7 +926,10 @@ def _reconstruct(tracks, frames, sfm_cfg, camera_cfg, prior, known, observer, se
                 if observer is not None:
                     observer.reconstruction_updated(model.snapshot(f"registered {int(model.registered.sum())}/{S}", names, (int(model.registered.sum()), S)))
         model.min_len_cap = None
-        notes.append(f"incremental registration: {rounds} rounds, {int(model.registered.sum())}/{S} frames")
+        notes.append(
+            f"incremental registration: {rounds} round{'s' if rounds != 1 else ''}, "
+            f"{int(model.registered.sum())}/{S} frames registered before the final refinement"
+        )
     registered_by_rounds = prior is None and rounds > 0
     timings["register"] = time.perf_counter() - t0
     if int(model.registered.sum()) < 2:

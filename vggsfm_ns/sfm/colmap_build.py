@@ -174,8 +174,19 @@ def build_reconstruction(
 def read_back(built: BuiltModel, camera_type: str, extrinsics: np.ndarray, K: np.ndarray, extra: Optional[np.ndarray], points: np.ndarray):
     """Copy poses, intrinsics and points of ``built`` into (copies of) the arrays.
 
+    Args:
+        built: the model made by :func:`build_reconstruction` (image id = frame index + 1).
+        camera_type: COLMAP model name of the cameras (``SIMPLE_PINHOLE``, ``SIMPLE_RADIAL``, ...).
+        extrinsics: ``(S, 3, 4)`` float64 OpenCV ``cam_from_world``.
+        K: ``(S, 3, 3)`` float64 intrinsics in processed pixels, corner convention (COLMAP's).
+        extra: ``(S, E)`` float64 distortion parameters, or None.
+        points: ``(P, 3)`` float64 world points, row ``p`` <-> ``built.point_ids[p]``.
+
     Returns:
-        ``(extrinsics, K, extra, points)``; frames / points not in the model keep their input values.
+        ``(extrinsics, K, extra, points)`` with the model's values; frames / points not in the model
+        keep their input values. The inputs are not modified.
+
+    Source: the read-back half of the official ``iterative_global_BA`` (``pycolmap_to_batch_matrix``).
     """
     rec = built.reconstruction
     ext = extrinsics.copy()
@@ -197,7 +208,10 @@ def read_back(built: BuiltModel, camera_type: str, extrinsics: np.ndarray, K: np
 
 def pose_refinement_options(refine_focal: bool, refine_extra: bool = False):
     """Quiet ``pycolmap.AbsolutePoseRefinementOptions`` (pose always refined; the focal length and
-    the extra (distortion) parameters only when asked)."""
+    the extra (distortion) parameters only when asked).
+
+    Source: official ``refine_pose`` options (``vggsfm/utils/triangulation_helpers.py``).
+    """
     import pycolmap
 
     o = pycolmap.AbsolutePoseRefinementOptions()
@@ -243,10 +257,18 @@ def ba_options(max_iterations: int = 50, function_tolerance: float = 0.0, refine
 
 
 def bundle_adjust(built: BuiltModel, options) -> Dict:
-    """Run bundle adjustment on all images of ``built`` (gauge: the first two camera poses).
+    """Run bundle adjustment on all images of ``built``, in place (gauge: the first two camera poses).
+
+    Args:
+        built: the model (:func:`build_reconstruction`); poses, intrinsics (as ``options`` allow)
+            and every point are adjusted, in the model's own units (pixels for residuals).
+        options: ``pycolmap.BundleAdjustmentOptions`` (:func:`ba_options`).
 
     Returns:
         :func:`solve_ba`'s summary.
+
+    Source: official ``iterative_global_BA`` -> ``pycolmap.bundle_adjustment``; the two-camera
+    gauge replaces COLMAP's default of fixing the first pose and the scale through a point.
     """
     import pycolmap
 
@@ -271,6 +293,11 @@ ITERATIVE_MIN_IMAGES, ITERATIVE_MIN_TRACK_LENGTH = 100, 50
 
 def solve_ba(rec, options, config) -> Dict:
     """Run ``pycolmap``'s bundle adjuster on ``rec`` (in place), quietly.
+
+    Args:
+        rec: ``pycolmap.Reconstruction`` to adjust.
+        options: ``pycolmap.BundleAdjustmentOptions``.
+        config: ``pycolmap.BundleAdjustmentConfig`` (which images, which parameters are constant).
 
     The linear solver is pycolmap's automatic choice, except for long tracks over many images
     (see :data:`ITERATIVE_MIN_TRACK_LENGTH`), which get the iterative Schur solver. ``options`` is

@@ -22,7 +22,7 @@ from ..geometry.filtering import filter_points3d
 from ..geometry.triangulation import triangulate_tracks
 from ..types import FrameSet, SfMResult, TrackSet
 from ..threads import torch_threads
-from .backend import SCORE_THRESH, TRI_HYPOTHESES, TRI_LO, TRI_LO_SECOND, VIS_THRESH
+from .backend import TRI_HYPOTHESES, TRI_LO, TRI_LO_SECOND
 
 #: Extra points need more than this many inlier views (official ``extra_inlier_num > 3``).
 MIN_EXTRA_INLIERS = 3
@@ -61,7 +61,7 @@ def _extra_points(result: SfMResult, extra_tracks: TrackSet, sfm_cfg: SfMConfig,
     tr = extra_tracks.transforms
     xy = torch.stack([torch.as_tensor(tr[i].proc_to_orig(center_to_corner(extra_tracks.tracks[i].to(torch.float64)), "corner")) for i in range(S)])
     sizes = torch.tensor([t.orig_size for t in tr], dtype=torch.float64)
-    obs = extra_tracks.valid_mask(VIS_THRESH, SCORE_THRESH) & torch.isfinite(xy).all(-1)
+    obs = extra_tracks.valid_mask() & torch.isfinite(xy).all(-1)
     obs &= (xy[..., 0] >= 0) & (xy[..., 1] >= 0) & (xy[..., 0] <= sizes[:, None, 0]) & (xy[..., 1] <= sizes[:, None, 1])
     pts = torch.zeros(0, 3, dtype=torch.float64)
     rgb = torch.zeros(0, 3, dtype=torch.uint8)

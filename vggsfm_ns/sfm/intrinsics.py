@@ -4,7 +4,8 @@ Sources (``CameraConfig.intrinsics``):
 
 * ``"file"`` (or ``"auto"`` with ``intrinsics_file`` set): ``intrinsics_file`` is
 
-  - a JSON file with nerfstudio keys ``fl_x fl_y cx cy`` (optional ``k1 k2 p1 p2``, ``w h``),
+  - a JSON file with nerfstudio keys ``fl_x fl_y cx cy`` (optional ``k1 k2 p1 p2``, ``w h``; without
+    ``cx cy`` the principal point is the image centre),
     either at the top level (shared by all frames), in a ``frames`` list whose entries carry a
     ``file_path`` (nerfstudio ``transforms.json``; per-frame values override the top level), or as
     a mapping from image file name to such a dict;
@@ -23,7 +24,6 @@ same convention).
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -33,6 +33,7 @@ import torch
 
 from ..config import CameraConfig
 from ..errors import InputError
+from ..io.transforms import read_json_object
 from ..geometry.camera import SINGLE_FOCAL, num_extra_params
 from ..types import FrameSet, KnownIntrinsics
 
@@ -57,7 +58,7 @@ MAX_ASPECT_DIFF = 0.05
 DROP_DISTORTION_TOL = 1e-3
 
 # A camera in a neutral form: (w or None, h or None, fx, fy, cx, cy, k1, k2, p1, p2)
-_Cam = Tuple[Optional[float], Optional[float], float, float, float, float, float, float, float, float]
+_Cam = Tuple[Optional[float], Optional[float], float, float, Optional[float], Optional[float], float, float, float, float]
 
 
 def _colmap_to_cam(model: str, w: float, h: float, p: List[float], path: Path) -> _Cam:
@@ -129,36 +130,49 @@ def read_colmap_cameras(path: Path) -> Dict[int, _Cam]:
 
 
 def _colmap_image_cameras(folder: Path) -> Optional[Dict[str, int]]:
-    """Image name -> camera id from ``images.txt`` / ``images.bin`` next to the cameras file."""
+    """Image name -> camera id from ``images.txt`` / ``images.bin`` next to the cameras file.
+
+    Returns None when the folder has neither file.
+
+    Raises:
+        InputError: naming the file, when it cannot be read or is malformed.
+    """
     txt, binf = folder / "images.txt", folder / "images.bin"
-    if txt.is_file():
-        out = {}
-        # two lines per image (the second, its 2D points, may be empty)
-        lines = [ln for ln in txt.read_text().splitlines() if not ln.startswith("#")]
-        while lines and not lines[0].strip():
-            lines.pop(0)
-        for ln in lines[0::2]:
-            parts = ln.split()
-            if len(parts) >= 10:
-                out[Path(parts[9]).name] = int(parts[8])
-        return out
-    if binf.is_file():
-        data = binf.read_bytes()
-        (n,) = struct.unpack_from("<Q", data, 0)
-        off = 8
-        out = {}
-        for _ in range(n):
-            off += 4 + 8 * 7
-            (cid,) = struct.unpack_from("<i", data, off)
-            off += 4
-            end = data.index(b"\0", off)
-            name = data[off:end].decode("utf-8")
-            off = end + 1
-            (npts,) = struct.unpack_from("<Q", data, off)
-            off += 8 + npts * 24
-            out[Path(name).name] = cid
-        return out
-    return None
+    path = txt if txt.is_file() else binf if binf.is_file() else None
+    if path is None:
+        return None
+    out: Dict[str, int] = {}
+    try:
+        if path is txt:
+            # two lines per image (the second, its 2D points, may be empty)
+            lines = [ln for ln in txt.read_text().splitlines() if not ln.startswith("#")]
+            while lines and not lines[0].strip():
+                lines.pop(0)
+            for ln in lines[0::2]:
+                parts = ln.split()
+                if len(parts) >= 10:
+                    out[Path(parts[9]).name] = int(parts[8])
+        else:
+            data = binf.read_bytes()
+            (n,) = struct.unpack_from("<Q", data, 0)
+            off = 8
+            for _ in range(n):
+                off += 4 + 8 * 7
+                (cid,) = struct.unpack_from("<i", data, off)
+                off += 4
+                end = data.index(b"\0", off)
+                name = data[off:end].decode("utf-8")
+                off = end + 1
+                (npts,) = struct.unpack_from("<Q", data, off)
+                off += 8 + npts * 24
+                out[Path(name).name] = cid
+            if off != len(data):
+                raise InputError(f"malformed COLMAP images.bin ({len(data) - off} bytes left over)", path)
+    except InputError:
+        raise
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read COLMAP images file ({type(e).__name__}: {e})", path) from None
+    return out
 
 
 def _num(d: dict, key: str, path: Path, where: str, default=None) -> Optional[float]:
@@ -188,18 +202,16 @@ def _json_cam(d: dict, base: Optional[_Cam], path: Path, where: str) -> Optional
         vals[3] = vals[2]
     if vals[2] <= 0 or vals[3] <= 0:
         raise InputError(f"{where}: focal lengths must be positive", path)
+    # no principal point given: the centre of the stated size (else of each image, known_intrinsics)
+    if vals[4] is None and vals[0] is not None:
+        vals[4] = vals[0] / 2.0
+    if vals[5] is None and vals[1] is not None:
+        vals[5] = vals[1] / 2.0
     return tuple(vals)  # type: ignore[return-value]
 
 
 def _read_json(path: Path, names: List[str]) -> List[Optional[_Cam]]:
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read intrinsics file ({e})", path) from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"invalid JSON ({e.msg} at line {e.lineno})", path) from None
-    if not isinstance(meta, dict):
-        raise InputError("the intrinsics JSON must be an object", path)
+    meta = read_json_object(path)
     top = _json_cam(meta, None, path, "top level")
     per: Dict[str, _Cam] = {}
     if "frames" in meta:
@@ -316,6 +328,8 @@ def known_intrinsics(frames: FrameSet, camera_cfg: CameraConfig) -> Optional[Kno
         for i, cam in enumerate(cams):
             w, h = (int(v) for v in frames.sizes[i])
             cam = _fit_to_size(cam, w, h, path, frames.names[i])
+            if cam[4] is None or cam[5] is None:  # principal point not given: the image centre
+                cam = (*cam[:4], w / 2.0 if cam[4] is None else cam[4], h / 2.0 if cam[5] is None else cam[5], *cam[6:])
             K[i], extra[i] = _to_model(cam, camera_cfg.camera_type, path, frames.names[i])
         return KnownIntrinsics(torch.from_numpy(K), torch.from_numpy(extra), fixed=bool(camera_cfg.fix_intrinsics), source="file")
     exif = list(frames.exif_focal_px)

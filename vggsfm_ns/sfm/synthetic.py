@@ -290,8 +290,9 @@ def make_scene(
 
 def position_color(xy_corner: np.ndarray, width: int, height: int) -> np.ndarray:
     """The colour :func:`position_image` has at corner-convention pixels ``(..., 2)`` (float RGB)."""
-    x = (xy_corner[..., 0] - 0.5) / max(width - 1, 1) * 255.0
-    y = (xy_corner[..., 1] - 0.5) / max(height - 1, 1) * 255.0
+    xy = corner_to_center(np.asarray(xy_corner, dtype=np.float64))
+    x = xy[..., 0] / max(width - 1, 1) * 255.0
+    y = xy[..., 1] / max(height - 1, 1) * 255.0
     return np.stack([x, y, np.full_like(x, 128.0)], -1)
 
 
@@ -331,7 +332,8 @@ def noisy_prior(scene: SyntheticScene, rot_deg: float = 3.0, trans_rel: float = 
     for s, tf in enumerate(scene.tracks.transforms):
         f = scene.intrinsics[s, 0, 0] * (1 + rng.normal(0, focal_rel)) * tf.scale
         x0, y0, x1, y1 = tf.content_box()
-        K[s] = [[f, 0, (x0 + x1) / 2 - 0.5], [0, f, (y0 + y1) / 2 - 0.5], [0, 0, 1]]
+        cx, cy = corner_to_center(np.array([(x0 + x1) / 2, (y0 + y1) / 2]))  # pixel-centre prior, as the predictor's
+        K[s] = [[f, 0, cx], [0, f, cy], [0, 0, 1]]
     return CameraPrior(torch.from_numpy(np.concatenate([R, t[..., None]], -1)), torch.from_numpy(K))
 
 

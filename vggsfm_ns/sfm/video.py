@@ -69,9 +69,9 @@ frames are ordered), :class:`VggsfmWindowSource` (the learned tracker and camera
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -83,7 +83,10 @@ import torch
 from ..config import ReconstructionConfig
 from ..conventions import VGGSFM_IMG_SIZE, ImageTransform, center_to_corner, corner_to_center
 from ..errors import InputError, ReconstructionError
+from ..geometry.camera import transform_cameras
+from ..io.colmap import model_points
 from ..progress import Observers, PipelineObserver, ReconstructionSnapshot, Stage
+from ..query.points import grid_points
 from ..types import CameraPrior, FrameSet, KnownIntrinsics, SfMResult, TrackSet
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -191,18 +194,6 @@ def align_camera_extrinsics(src: torch.Tensor, tgt: torch.Tensor, estimate_scale
     return R, t, s
 
 
-def apply_camera_alignment(ext: torch.Tensor, R: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Cameras ``[B, 3, 4]`` of the source world expressed in the target world of
-    :func:`align_camera_extrinsics`: ``[R_i R^T | s t_i - R_i R^T t]``. Returns float64 ``[B, 3, 4]``.
-
-    Source: official ``vggsfm/utils/align.py: apply_transformation``.
-    """
-    ext = torch.as_tensor(ext, dtype=torch.float64)
-    Rn = ext[:, :, :3] @ R.T
-    tn = s * ext[:, :, 3] - (Rn @ t[:, None])[..., 0]
-    return torch.cat([Rn, tn[..., None]], 2)
-
-
 # ================================================================================================
 # track sources
 # ================================================================================================
@@ -248,8 +239,8 @@ class WindowTracks:
         return WindowTracks(np.where(valid[..., None], xy, 0.0), valid, colors)
 
 
-class WindowTrackSource:
-    """Where a window's tracks come from. Subclasses implement the three track methods.
+class WindowTrackSource(abc.ABC):
+    """Where a window's tracks come from. Subclasses implement the three abstract track methods.
 
     Frame indices always refer to the full :class:`FrameSet` of the run, in temporal order; the
     first index of a window is its anchor (an already registered frame).
@@ -260,6 +251,7 @@ class WindowTrackSource:
     #: True when :meth:`predict_cameras` returns predicted cameras (learned path).
     has_camera_predictor: bool = False
 
+    @abc.abstractmethod
     def init_tracks(self, frame_indices: Sequence[int], max_points: int) -> Tuple[TrackSet, Optional[CameraPrior]]:
         """Tracks over an initial window for :func:`~vggsfm_ns.sfm.backend.reconstruct_from_tracks`.
 
@@ -267,16 +259,15 @@ class WindowTrackSource:
             ``(TrackSet over len(frame_indices) frames with the frames' real transforms, camera prior
             or None)``.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def track_new(self, frame_indices: Sequence[int], max_points: int) -> WindowTracks:
         """New tracks seeded inside the window (``max_points`` per query frame at most)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def track_existing(self, frame_indices: Sequence[int], query_xy: np.ndarray) -> WindowTracks:
         """Track given points of the first frame (``(M, 2)`` original corner pixels) through the
         window; row 0 of the result holds the query points."""
-        raise NotImplementedError
 
     def predict_cameras(self, frame_indices: Sequence[int]) -> Optional[torch.Tensor]:
         """Predicted ``[W, 3, 4]`` OpenCV cam_from_world of the frames (arbitrary world), or None."""
@@ -500,7 +491,9 @@ class VggsfmWindowSource(WindowTrackSource):
             return WindowTracks.empty(len(idx))
         t0 = self.transforms[idx[0]]
         qp = torch.from_numpy(corner_to_center(t0.orig_to_proc(q, "corner"))).float()
-        support = _grid_points(t0, int(self.cfg.track.max_query_pts))
+        x0, y0, x1, y1 = t0.content_box()  # support points on a grid over the image content
+        support = grid_points(max(x1 - x0, 1.0), max(y1 - y0, 1.0), int(self.cfg.track.max_query_pts))
+        support += torch.tensor([x0, y0], dtype=support.dtype)
 
         def detector(image, invalid_mask, max_points):
             return torch.cat([qp, support], 0)
@@ -527,18 +520,6 @@ class VggsfmWindowSource(WindowTrackSource):
 
     def release(self):
         self.model = None
-
-
-def _grid_points(transform: ImageTransform, num: int) -> torch.Tensor:
-    """About ``num`` pixel-centre points on a regular grid inside the content box (support points)."""
-    x0, y0, x1, y1 = transform.content_box()
-    w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
-    nx = max(1, int(round(math.sqrt(num * w / h))))
-    ny = max(1, int(round(num / nx)))
-    xs = x0 + (torch.arange(nx, dtype=torch.float32) + 0.5) * (w / nx) - 0.5
-    ys = y0 + (torch.arange(ny, dtype=torch.float32) + 0.5) * (h / ny) - 0.5
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
 
 
 class SyntheticWindowSource(WindowTrackSource):
@@ -1096,7 +1077,7 @@ class _VideoRun:
             return None
         pred = torch.as_tensor(pred, dtype=torch.float64)
         R, t, s = align_camera_extrinsics(pred[: len(prev)], torch.from_numpy(np.stack([self.ext[f] for f in prev])))
-        return apply_camera_alignment(pred[len(prev):], R, t, s).numpy()
+        return transform_cameras(torch.as_tensor(pred[len(prev):]), R, t, s).numpy()
 
     def process_window(self, anchor: int, new: List[int]) -> List[int]:
         """Track, register, triangulate, land and bundle-adjust one window; returns the registered
@@ -1462,10 +1443,7 @@ class _VideoRun:
         in Python; point errors from COLMAP's ``update_point_3d_errors``)."""
         rec = seg.rec
         rec.update_point_3d_errors()
-        pts = list(rec.points3D.values())
-        xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
-        rgb = np.array([p.color for p in pts], np.uint8).reshape(-1, 3)
-        perr = np.array([p.error for p in pts], np.float64)
+        _, xyz, rgb, perr = model_points(rec)
         reg = np.zeros(self.S, bool)
         reg[seg.registered] = True
         fobs = np.zeros(self.S, np.int64)
@@ -1525,9 +1503,7 @@ class _VideoRun:
         if int(reg.sum()) < 2:
             raise ReconstructionError("fewer than 2 frames have a valid camera after bundle adjustment")
         rec.update_point_3d_errors()
-        pids = sorted(rec.point3D_ids())
-        X = np.array([rec.point3D(p).xyz for p in pids], np.float64).reshape(-1, 3)
-        rgb = np.array([rec.point3D(p).color for p in pids], np.uint8).reshape(-1, 3)
+        pids, X, rgb, _ = model_points(rec)
         n_obs = int(rec.compute_num_observations())
         skipped = sorted(self.skipped)
         if skipped:
@@ -1538,8 +1514,8 @@ class _VideoRun:
             "num_registered": int(reg.sum()),
             "num_points": len(pids),
             "num_tracks": len(pids),
-            "mean_reproj_error_px": float(rec.compute_mean_reprojection_error()) if pids else float("nan"),
-            "mean_track_length": float(rec.compute_mean_track_length()) if pids else 0.0,
+            "mean_reproj_error_px": float(rec.compute_mean_reprojection_error()) if len(pids) else float("nan"),
+            "mean_track_length": float(rec.compute_mean_track_length()) if len(pids) else 0.0,
             "num_observations": n_obs,
             "messages": list(self.messages),
             "skipped_frames": [self.names[f] for f in skipped],
@@ -1698,7 +1674,6 @@ __all__ = [
     "reconstruct_video",
     "plan_windows",
     "align_camera_extrinsics",
-    "apply_camera_alignment",
     "WindowTracks",
     "WindowTrackSource",
     "KltWindowSource",

@@ -33,17 +33,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..config import TrackConfig
-from ..conventions import ImageTransform
+from ..conventions import ImageTransform, corner_to_center
 from ..errors import InputError
+from ..geometry.chunking import free_memory_bytes
 from ..progress import PipelineObserver, Stage
-from ..types import CameraPrior, FrameSet, TrackSet
+from ..types import VIS_THRESH, CameraPrior, FrameSet, TrackSet
 
 __all__ = ["track_vggsfm", "content_ranges", "autocast_dtype", "token_budget"]
 
 #: Official ``remove_borders``: margin (processed px) kept from padded borders.
 REMOVE_BORDERS = 4
-#: Visibility threshold used to count visible tracks (official).
-VIS_THRESH = 0.05
 #: Peak transient bytes per token of a chunk (fine stage dominates: patches + 32x31x31 features).
 BYTES_PER_CHUNK_TOKEN = 400_000
 #: Bytes per token of the state one tracker call keeps for all its tokens (transformer tokens).
@@ -74,17 +73,6 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
     return table[precision]
 
 
-def _free_bytes(device: torch.device) -> int:
-    try:
-        from ..geometry.chunking import free_memory_bytes
-
-        return int(free_memory_bytes(device))
-    except Exception:
-        if device.type == "cuda" and torch.cuda.is_available():
-            return int(torch.cuda.mem_get_info(device)[0])
-        return 4 << 30
-
-
 def token_budget(device: torch.device, reserved_bytes: int = 0) -> Tuple[int, int]:
     """``(chunk_tokens, call_tokens)`` that fit in ``MEMORY_FRACTION`` of the free memory.
 
@@ -92,7 +80,7 @@ def token_budget(device: torch.device, reserved_bytes: int = 0) -> Tuple[int, in
     by :data:`CHUNK_CAP`); ``call_tokens`` bounds the tokens of one tracker call (above it, query
     points are split).
     """
-    budget = max(int(_free_bytes(device) * MEMORY_FRACTION) - int(reserved_bytes), 256 << 20)
+    budget = max(int(free_memory_bytes(device) * MEMORY_FRACTION) - int(reserved_bytes), 256 << 20)
     chunk = max(256, min(budget // (2 * BYTES_PER_CHUNK_TOKEN), CHUNK_CAP.get(device.type, CHUNK_CAP["cpu"])))
     call = max(4096, budget // (2 * BYTES_PER_CALL_TOKEN))
     return int(chunk), int(call)
@@ -110,8 +98,8 @@ def content_ranges(transforms: Sequence[ImageTransform], margin: float = REMOVE_
         x0, y0, x1, y1 = t.content_box()
         mx = margin if t.pad[0] > 0 else 0.0
         my = margin if t.pad[1] > 0 else 0.0
-        out.append([x0 + mx - 0.5, y0 + my - 0.5, x1 - mx - 0.5, y1 - my - 0.5])
-    return torch.tensor(out, dtype=torch.float32)
+        out.append([[x0 + mx, y0 + my], [x1 - mx, y1 - my]])  # corner convention
+    return corner_to_center(torch.tensor(out, dtype=torch.float64)).reshape(-1, 4).float()
 
 
 def _invalid_mask(rng: torch.Tensor, H: int, W: int, dynamic: Optional[torch.Tensor]) -> torch.Tensor:

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..geometry.camera import camera_centers
 from ..progress import ReconstructionSnapshot
 
 #: Frustum colour of reliable frames (RGB).
@@ -58,12 +59,6 @@ class SceneSettings:
     max_error_px: Optional[float] = None
     show_frames: bool = True
     error_color_max: float = 4.0
-
-
-def camera_centers(extrinsics: np.ndarray) -> np.ndarray:
-    """``[..., 3, 4]`` OpenCV ``cam_from_world`` -> ``[..., 3]`` camera centres ``-R^T t``."""
-    R, t = extrinsics[..., :3, :3], extrinsics[..., :3, 3]
-    return -np.einsum("...ji,...j->...i", R, t)
 
 
 def frustum_pose(extrinsic: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -458,7 +453,6 @@ def _shrink(img: np.ndarray, max_side: int) -> np.ndarray:
 __all__ = [
     "ReconstructionScene",
     "SceneSettings",
-    "camera_centers",
     "frustum_pose",
     "estimate_up",
     "frame_reliability",

@@ -12,19 +12,19 @@ by ``applied_transform``), so the dense seed cloud (``dense_pc.ply``) overlays t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..conventions import opengl_c2w_to_opencv_w2c
+from ..conventions import LEGACY_APPLIED_TRANSFORM, opengl_c2w_to_opencv_w2c
 from ..errors import InputError
+from ..geometry.camera import transform_cameras
+from ..io.colmap import read_model
+from ..io.ply import read_ply
+from ..io.transforms import read_json_object, read_transforms
 from ..progress import ReconstructionSnapshot, empty_frame_arrays, snapshot_from_reconstruction
-
-#: nerfstudio's assumption for a COLMAP dataset without ``applied_transform`` (nerfstudio_dataparser.py).
-_LEGACY_APPLIED = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
 
 
 @dataclass
@@ -58,14 +58,6 @@ class LoadedDataset:
         return read_image(p)
 
 
-def _read_json(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read JSON ({e})", path) from None
-
-
 def _smallest_copy(data_dir: Path, rel: Path) -> Path:
     """The most downscaled ``images_N/<name>`` copy of ``data_dir/rel`` that exists, else itself."""
     for n in (8, 4, 2):
@@ -76,16 +68,13 @@ def _smallest_copy(data_dir: Path, rel: Path) -> Path:
 
 
 def _transform_snapshot(snap: ReconstructionSnapshot, A: np.ndarray) -> ReconstructionSnapshot:
-    """Map a snapshot by the world change ``X' = A[:, :3] X + A[:, 3]`` (``A`` 3x4)."""
-    A4 = np.vstack([np.asarray(A, np.float64).reshape(3, 4), [0, 0, 0, 1]])
-    inv = np.linalg.inv(A4)
-    ext = np.asarray(snap.extrinsics, np.float64)
-    E4 = np.concatenate([ext, np.tile([[[0, 0, 0, 1.0]]], (len(ext), 1, 1))], 1)
-    pts = np.asarray(snap.points, np.float64).reshape(-1, 3) @ A4[:3, :3].T + A4[:3, 3]
+    """Map a snapshot by the rigid world change ``X' = A[:, :3] X + A[:, 3]`` (``A`` 3x4, rotation part orthonormal)."""
+    A = np.asarray(A, np.float64).reshape(3, 4)
+    pts = np.asarray(snap.points, np.float64).reshape(-1, 3) @ A[:, :3].T + A[:, 3]
     return ReconstructionSnapshot(
         snap.label,
         list(snap.names),
-        (E4 @ inv)[:, :3, :],
+        transform_cameras(snap.extrinsics, A[:, :3], A[:, 3]),
         snap.intrinsics,
         snap.image_sizes,
         snap.registered,
@@ -122,7 +111,7 @@ def load_dataset(path: Union[str, Path]) -> LoadedDataset:
         raise InputError("path not found", path)
     data_dir = path.parent if path.is_file() else path
     json_path = path if path.suffix == ".json" else data_dir / "transforms.json"
-    meta = _read_json(json_path) if json_path.is_file() else None
+    meta = read_transforms(json_path) if json_path.is_file() else None
     if any((path / f"cameras.{ext}").is_file() for ext in ("bin", "txt")) and path.is_dir():
         colmap_dir: Optional[Path] = path
     else:
@@ -132,12 +121,13 @@ def load_dataset(path: Union[str, Path]) -> LoadedDataset:
         raise InputError("no transforms.json and no COLMAP model (colmap/sparse/0) here", path)
     report = None
     if (data_dir / "vggsfm_report.json").is_file():
-        report = _read_json(data_dir / "vggsfm_report.json")
-    rep_frames = {str(f.get("name")): f for f in (report or {}).get("frames", []) if isinstance(f, dict)}
+        report = read_json_object(data_dir / "vggsfm_report.json")
+    rep_list = (report or {}).get("frames")
+    rep_frames = {str(f.get("name")): f for f in (rep_list if isinstance(rep_list, list) else []) if isinstance(f, dict)}
 
     meta_frames: Dict[str, Dict[str, Any]] = {}
     if meta is not None:
-        for fr in meta.get("frames", []):
+        for fr in meta["frames"]:
             meta_frames[Path(fr["file_path"]).name] = fr
     if rep_frames:
         names = list(rep_frames)
@@ -147,18 +137,13 @@ def load_dataset(path: Union[str, Path]) -> LoadedDataset:
     label = f"{data_dir.name}: finished reconstruction"
 
     if colmap_dir is not None:
-        import pycolmap
-
-        try:
-            recon = pycolmap.Reconstruction(str(colmap_dir))
-        except Exception as e:  # pycolmap raises RuntimeError/ValueError with C++ text
-            raise InputError(f"cannot read COLMAP model ({e})", colmap_dir) from None
+        recon = read_model(colmap_dir)
         if not names:
             names = sorted(img.name for img in recon.images.values())
         snap = snapshot_from_reconstruction(recon, names, label)
         world = "colmap"
         if meta is not None:
-            A = np.asarray(meta.get("applied_transform", _LEGACY_APPLIED), np.float64)
+            A = np.asarray(meta.get("applied_transform", LEGACY_APPLIED_TRANSFORM), np.float64)
             snap = _transform_snapshot(snap, A)
             world = "transforms"
     else:
@@ -185,11 +170,9 @@ def load_dataset(path: Union[str, Path]) -> LoadedDataset:
 
     extra: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
     if meta is not None and world == "transforms":
-        from ..dataparser.vggsfm_dataparser import read_ply_points
-
         dense = data_dir / "dense_pc.ply"
         if dense.is_file():
-            extra["dense points"] = read_ply_points(dense)
+            extra["dense points"] = read_ply(dense)
     return LoadedDataset(snap, reliable, image_paths, extra, report, world)
 
 
@@ -209,11 +192,9 @@ def _snapshot_from_transforms(meta, meta_frames, names, rep_frames, data_dir: Pa
             raise InputError(f"frame {n}: intrinsics key {e} missing", json_path) from None
         ext[i] = opengl_c2w_to_opencv_w2c(np.asarray(fr["transform_matrix"], np.float64))
         reg[i] = True
-    from ..dataparser.vggsfm_dataparser import read_ply_points
-
     ply = data_dir / str(meta.get("ply_file_path", "sparse_pc.ply"))
     if ply.is_file():
-        xyz, rgb = read_ply_points(ply)
+        xyz, rgb = read_ply(ply)
     else:
         xyz, rgb = np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
     return ReconstructionSnapshot(label, list(names), ext, K, sizes, reg, np.asarray(xyz, np.float64), rgb, np.full(len(xyz), np.nan), ferr, fobs)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..conventions import ArrayLike
+from ..conventions import ArrayLike, corner_to_center
 
 #: Codecs tried in order: H.264 through libx264, any other H.264 encoder, then MPEG-4 part 2.
 CODEC_PREFERENCE = ("libx264", "h264", "mpeg4")
@@ -48,7 +48,12 @@ class VideoWriter:
         fps: frames per second.
         codec: encoder name (default: :func:`pick_codec`).
 
-    Use as a context manager; :meth:`write` takes ``(H, W, 3)`` uint8 RGB.
+    Use as a context manager; :meth:`write` takes ``(H, W, 3)`` uint8 RGB. When the block raises
+    (or is interrupted), the file is closed and deleted: a truncated video is never left behind.
+
+    Raises:
+        ValueError: odd or non-positive size.
+        RuntimeError: no usable encoder (:func:`pick_codec`).
     """
 
     def __init__(self, path: Path, size: Tuple[int, int], fps: float = 10.0, codec: Optional[str] = None):
@@ -71,7 +76,11 @@ class VideoWriter:
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
-        """Append one ``(H, W, 3)`` uint8 RGB frame of the writer's size."""
+        """Append one ``(H, W, 3)`` uint8 RGB frame of the writer's size.
+
+        Raises:
+            ValueError: the frame does not have the writer's size.
+        """
         import av
 
         if rgb.shape != (self.size[1], self.size[0], 3):
@@ -90,8 +99,15 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the original exception is the one to report
+            pass
+        self.path.unlink(missing_ok=True)
 
 
 def _even(x: float) -> int:
@@ -143,7 +159,7 @@ class CanvasLayout:
         x0, y0, rw, rh = self.content_box(i)
         w, h = self.frame_sizes[i]
         xy = np.asarray(xy_corner, dtype=np.float64)
-        return np.stack([xy[..., 0] * (rw / w) + x0 - 0.5, xy[..., 1] * (rh / h) + y0 - 0.5], -1)
+        return corner_to_center(np.stack([xy[..., 0] * (rw / w) + x0, xy[..., 1] * (rh / h) + y0], -1))
 
     @property
     def draw_unit(self) -> float:
