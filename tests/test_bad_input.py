@@ -163,3 +163,15 @@ def test_bad_options(tmp_path, capsys, args, pattern, code):
     err = capsys.readouterr().err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1 and pattern in err and "Traceback" not in err
     assert not (tmp_path / "scene").exists()
+
+
+def test_short_reason_is_one_line_cut_at_a_word():
+    from vggsfm_ns.errors import short_reason
+
+    long = ValueError("\n  Weights only load failed. This file can still be loaded, to do so you have two options, " + "word " * 60 + "\nsecond line")
+    r = short_reason(long)
+    assert r.startswith("Weights only load failed.") and r.endswith("...") and len(r) <= 163
+    assert "\n" not in r and not r[:-3].endswith((" ", "wor", "wo"))  # cut between words
+    assert short_reason(OSError(28, "No space left on device")) == "No space left on device"
+    assert short_reason(KeyError()) == "KeyError"
+    assert short_reason(RuntimeError("short")) == "short"

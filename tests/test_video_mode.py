@@ -418,6 +418,9 @@ def test_real_video_klt_end_to_end_consistent_with_sparse_mode(shared_data, tmp_
     res = reconstruct(video, cfg, observer=obs, work_dir=tmp_path / "v")
     sfm = res.sfm
     assert len(res.frames) == 50 and res.tracks is None
+    from vggsfm_ns.report import build_report
+
+    assert res.tracker == "klt" and build_report(res)["summary"]["tracker"] == "klt"  # no TrackSet, still named
     assert sfm.stats["mode"] == "video" and sfm.stats["num_windows"] == 5
     assert int(sfm.valid_frame_mask.sum()) >= 48
     assert sfm.stats["mean_reproj_error_px"] < 2.0

@@ -305,6 +305,7 @@ def _reconstruct(source, config, observer, masks, work_dir) -> ReconstructionRes
         timings=timings,
         messages=messages,
         config=cfg,
+        tracker=choice.name,
     )
 
 

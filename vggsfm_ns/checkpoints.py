@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, short_reason
 
 __all__ = [
     "VGGSFM_REPO_ID",
@@ -116,8 +116,7 @@ def resolve_checkpoint(path: Optional[Union[str, Path]] = None, repo_id: str = V
 
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=_hf_cache_dir()))
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"could not download {filename} ({type(e).__name__}: {reason}); {hint}") from None
+        raise CheckpointError(f"could not download {filename} ({type(e).__name__}: {short_reason(e)}); {hint}") from None
 
 
 def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
@@ -141,9 +140,8 @@ def load_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise CheckpointError(
-            f"cannot read checkpoint ({type(e).__name__}{': ' + reason if reason else ''}); the file is corrupt or truncated, delete it and download it again",
+            f"cannot read checkpoint ({type(e).__name__}: {short_reason(e)}); the file is corrupt or truncated, delete it and download it again",
             p,
         ) from None
     if isinstance(sd, dict):

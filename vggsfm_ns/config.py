@@ -160,7 +160,7 @@ class ReconstructionConfig:
     seed: int = 0
     """Seed of every random choice (RANSAC samples, query-point subsets)."""
     num_frames_target: int = 300
-    """For video input: number of frames to extract (the sharpest frame in each interval)."""
+    """For video input: number of frames to extract (the sharpest frame in each interval); 0 keeps every frame."""
     track: TrackConfig = field(default_factory=TrackConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     sfm: SfMConfig = field(default_factory=SfMConfig)

@@ -11,6 +11,23 @@ from pathlib import Path
 from typing import Optional, Union
 
 
+def short_reason(e: BaseException, limit: int = 160) -> str:
+    """A one-line reason for a library exception, for our one-line error messages.
+
+    The first non-empty line of ``str(e)`` (an ``OSError``'s ``strerror`` when set), cut at a word
+    boundary to at most ``limit`` characters with ``...`` appended; the exception's type name when
+    it has no text.
+    """
+    text = (getattr(e, "strerror", None) or str(e)).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        return type(e).__name__
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0] if " " in line[:limit] else line[:limit]
+    return cut.rstrip(" ,;:") + "..."
+
+
 class VggsfmError(Exception):
     """Base class: a problem with the user's input, environment or files, with a one-line message."""
 

@@ -102,7 +102,7 @@ def build_report(result: "ReconstructionResult", frames_stats: Optional[List[Dic
         "mean_reproj_error_px": _finite(recon.compute_mean_reprojection_error()) if recon.num_points3D() else None,
         "mean_track_length": _finite(recon.compute_mean_track_length()) if recon.num_points3D() else None,
         "camera_model": camera_models[0] if len(camera_models) == 1 else camera_models,
-        "tracker": result.tracks.source if result.tracks is not None else None,
+        "tracker": result.tracker or (result.tracks.source if result.tracks is not None else None),
         "seconds": {k: round(float(v), 3) for k, v in result.timings.items()},
     }
     if result.dense_points is not None:

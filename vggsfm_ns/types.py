@@ -310,6 +310,8 @@ class ReconstructionResult:
         timings: seconds per stage, in execution order.
         messages: warnings and notes collected for the summary.
         config: the configuration that produced the result.
+        tracker: the track source that ran (``vggsfm``, ``klt``, ``sift``), in either mode (in the
+            video mode ``tracks`` is None: tracks live window by window).
     """
 
     frames: FrameSet
@@ -320,3 +322,4 @@ class ReconstructionResult:
     timings: Dict[str, float] = field(default_factory=dict)
     messages: List[str] = field(default_factory=list)
     config: Optional["ReconstructionConfig"] = None
+    tracker: Optional[str] = None

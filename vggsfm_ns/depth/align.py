@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..conventions import corner_to_center
+from ..errors import short_reason
 from ..types import FrameSet, SfMResult
 
 #: Sparse depths are clipped to this range before inversion (official ``disparity_min/max``).
@@ -267,7 +268,7 @@ def fit_inverse_depth(
     try:
         ransac.fit(d[:, None], y)
     except ValueError as e:  # no consensus set
-        return reject(f"RANSAC found no consensus ({str(e).splitlines()[0][:80]})", thr=thr)
+        return reject(f"RANSAC found no consensus ({short_reason(e, 80)})", thr=thr)
     scale = float(ransac.estimator_.coef_[0])
     shift = float(ransac.estimator_.intercept_)
     if not scale > 0:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..api import resolve_device
 from ..checkpoints import is_offline
 from ..conventions import imagenet_normalize
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, short_reason
 
 
 #: Hugging Face id of the network the official pipeline uses (Depth-Anything-V2 ViT-L).
@@ -214,7 +214,7 @@ def load_depth_model(model: str = DEFAULT_DEPTH_MODEL, device: DeviceLike = None
             raise
         except (OSError, ValueError, EnvironmentError) as first:
             if is_local:
-                raise CheckpointError(f"cannot load depth model from directory {src} ({_short(first)})") from None
+                raise CheckpointError(f"cannot load depth model from directory {src} ({short_reason(first)})") from None
             from huggingface_hub import constants as hf_constants
 
             if is_offline() or bool(getattr(hf_constants, "HF_HUB_OFFLINE", False)):
@@ -228,7 +228,7 @@ def load_depth_model(model: str = DEFAULT_DEPTH_MODEL, device: DeviceLike = None
                 raise
             except Exception as second:  # network errors come in many types (httpx, requests, OSError)
                 raise CheckpointError(
-                    f"depth model {model!r} is not cached and could not be downloaded ({_short(second)}); {how}"
+                    f"depth model {model!r} is not cached and could not be downloaded ({short_reason(second)}); {how}"
                 ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -242,11 +242,6 @@ def load_depth_model(model: str = DEFAULT_DEPTH_MODEL, device: DeviceLike = None
         )
     net = net.float()
     return DepthModel(net, src, device=device, input_size=input_size)
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
 
 
 __all__ = ["DepthModel", "load_depth_model", "processing_size", "DEFAULT_DEPTH_MODEL", "MAX_INPUT_SIZE"]

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, short_reason
 
 #: File extensions recognised as images (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -252,16 +252,12 @@ def image_info(path: Path, check_decode: bool = True) -> ImageInfo:
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"cannot decode image ({_short(e)})", path) from None
+        raise InputError(f"cannot decode image ({short_reason(e)})", path) from None
     except Image.DecompressionBombError as e:  # pragma: no cover - exotic
-        raise InputError(f"image too large ({_short(e)})", path) from None
+        raise InputError(f"image too large ({short_reason(e)})", path) from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return ImageInfo((int(w), int(h)), orientation, mode, fmt, focal)
-
-
-def _short(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _rational(v) -> Optional[float]:

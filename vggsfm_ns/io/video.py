@@ -17,7 +17,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError, OutputError
+from ..errors import InputError, OutputError, short_reason
 from ..progress import PipelineObserver, Stage
 from ..types import FrameSet
 
@@ -56,16 +56,11 @@ def _open(video: Path):
     except FileNotFoundError:
         raise InputError("video file not found", video) from None
     except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise InputError(f"cannot open video ({_first_line(e)})", video) from None
+        raise InputError(f"cannot open video ({short_reason(e)})", video) from None
     if not container.streams.video:
         container.close()
         raise InputError("file has no video stream", video)
     return container
-
-
-def _first_line(e: BaseException) -> str:
-    s = (getattr(e, "strerror", None) or str(e)).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 def _count_frames(video: Path) -> int:

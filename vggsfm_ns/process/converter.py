@@ -64,7 +64,8 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
     eval_data: Optional[Path] = None
     """Not supported: all frames are reconstructed together; nerfstudio holds out eval frames itself."""
     num_frames_target: int = 300
-    """Video input: number of frames to extract (the sharpest frame of each equal interval)."""
+    """Video input: number of frames to extract (the sharpest frame of each equal interval); 0 keeps
+    every frame."""
     num_downscales: int = 3
     """Number of times to downscale the images (images_2, images_4, ...), as ns-process-data."""
     preset: PresetName = "default"
@@ -347,7 +348,7 @@ def run_cli(fn) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from ..errors import VggsfmError
+    from ..errors import VggsfmError, short_reason
 
     err = Console(stderr=True)
     try:
@@ -364,9 +365,8 @@ def run_cli(fn) -> None:
         sys.exit(2)
     except Exception as e:  # noqa: BLE001
         if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()[:200]:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
             err.print(
-                f"[bold red]Error:[/bold red] out of memory ({escape(first[:120])}); try --preset fast, a smaller "
+                f"[bold red]Error:[/bold red] out of memory ({escape(short_reason(e, 120))}); try --preset fast, a smaller "
                 "--num-frames-target or --max-query-pts, or --mode video",
                 soft_wrap=True,
                 highlight=False,

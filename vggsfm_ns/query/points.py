@@ -32,7 +32,7 @@ import torch
 
 from ..config import QUERY_POINT_METHODS
 from ..conventions import center_to_corner, corner_to_center
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_reason
 
 #: Official ALIKED ``aliked-n16`` weights (the URL LightGlue's ALIKED wrapper downloads).
 ALIKED_URL = "https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth"
@@ -254,7 +254,7 @@ def load_aliked(weights: Optional[Path] = None, device: Optional[torch.device] =
     try:
         model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"aliked-n16 tensors of the wrong shape ({str(e).splitlines()[0]})", weights) from None
+        raise CheckpointError(f"aliked-n16 tensors of the wrong shape ({short_reason(e)})", weights) from None
     model = model.eval().to(device)
     with _LOCK:
         _ALIKED_CACHE[key] = model
