@@ -325,7 +325,22 @@ def test_sift_small_set_all_pairs_and_masks(shared_data, tmp_path):
         Image.fromarray(m).save(tmp_path / f"m{i}.png")
         masks.append(tmp_path / f"m{i}.png")
     fs.mask_paths = masks
-    ts = track_sift(fs, TrackConfig(query_frame_num=2, min_visible=100))
+    from vggsfm_ns.progress import PipelineObserver
+
+    class Bars(PipelineObserver):
+        def __init__(self):
+            self.total, self.done = {}, {}
+
+        def stage_started(self, name, total=None):
+            self.total[name] = total
+
+        def stage_advanced(self, name, advance=1, note=None):
+            self.done[name] = self.done.get(name, 0) + advance
+
+    bars = Bars()
+    ts = track_sift(fs, TrackConfig(query_frame_num=2, min_visible=100), observer=bars)
+    # progress bars with known totals, filled exactly: 6 frames, then all 15 pairs of 6 frames
+    assert bars.total == {"SIFT features": 6, "SIFT matching": 15} and bars.done == bars.total
     tr, vis = ts.tracks.numpy(), ts.vis.numpy() > 0.05
     assert ts.num_tracks > 300
     ix, iy = np.rint(tr[..., 0]), np.rint(tr[..., 1])

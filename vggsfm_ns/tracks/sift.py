@@ -702,7 +702,8 @@ def track_sift(
             ``query_frame_ranking`` (``midpoint`` / ``interval`` are honoured; ``dino`` is
             replaced by the match-graph ranking, see module doc), ``max_query_pts`` (tracks per
             query frame), ``complement_nonvisible``, ``min_visible`` and ``sift_small_frame``.
-        observer: progress reporting (stage ``"tracks (SIFT)"``).
+        observer: progress reporting (stages ``"SIFT features"``, one step per frame, and
+            ``"SIFT matching"``, one step per frame pair).
         max_features: SIFT features per frame.
         num_neighbors: partners per frame (all pairs when ``S - 1 <= num_neighbors``).
         fmat_threshold: epipolar (Sampson) threshold of the two-view RANSAC and of the track
@@ -734,53 +735,54 @@ def track_sift(
         long_side = max(max(t.size) for t in transforms)
         fmat_threshold = max(1.0, FMAT_THRESHOLD * long_side / 1024.0)
     bf16 = _use_bf16()
-    with Stage(observer, "tracks (SIFT)", total=None) as stage:
+    with Stage(observer, "SIFT features", total=S) as stage:
         feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame)
-        pairs = _select_pairs(feats, num_neighbors, bf16)
+        pairs = _select_pairs(feats, num_neighbors, bf16)  # retrieval: the bar is full meanwhile
+    with Stage(observer, "SIFT matching", total=len(pairs)) as stage:
         verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
-        builder = _TrackBuilder(feats, verified)
-        min_len = min(MIN_TRACK_LENGTH, S)
+    builder = _TrackBuilder(feats, verified)
+    min_len = min(MIN_TRACK_LENGTH, S)
 
-        if query_frames is not None:
-            first = [int(q) for q in query_frames]
-            if any(q < 0 or q >= S for q in first):
-                raise InputError(f"SIFT: query frames {first} out of range for {S} frames")
-        elif cfg.query_frame_ranking in ("midpoint", "interval"):
-            first = [int(v) for v in select_query_frames(S, cfg.query_frame_num, cfg.query_frame_ranking).tolist()]
-        else:
-            first = _rank_query_frames(verified, S, cfg.query_frame_num)
+    if query_frames is not None:
+        first = [int(q) for q in query_frames]
+        if any(q < 0 or q >= S for q in first):
+            raise InputError(f"SIFT: query frames {first} out of range for {S} frames")
+    elif cfg.query_frame_ranking in ("midpoint", "interval"):
+        first = [int(v) for v in select_query_frames(S, cfg.query_frame_num, cfg.query_frame_ranking).tolist()]
+    else:
+        first = _rank_query_frames(verified, S, cfg.query_frame_num)
 
-        obs_parts: List[np.ndarray] = []
-        direct_parts: List[np.ndarray] = []
-        qf_parts: List[np.ndarray] = []
-        visible = np.zeros(S, np.int64)
+    obs_parts: List[np.ndarray] = []
+    direct_parts: List[np.ndarray] = []
+    qf_parts: List[np.ndarray] = []
+    visible = np.zeros(S, np.int64)
 
-        def claim(q: int) -> None:
-            nodes, lengths = builder.anchor_candidates(q, min_len)
-            if nodes.size == 0:
-                return
-            if nodes.size > cfg.max_query_pts:
-                W, H = feats.sizes[q]
-                keep = _spread_longest(feats.xy[q][builder.kp_of[nodes]], lengths, W, H, cfg.max_query_pts)
-                nodes = nodes[keep]
-            obs, direct = builder.build(nodes)
-            obs_parts.append(obs)
-            direct_parts.append(direct)
-            qf_parts.append(np.full(len(nodes), q, np.int64))
-            visible[:] += (obs >= 0).sum(1)
+    def claim(q: int) -> None:
+        nodes, lengths = builder.anchor_candidates(q, min_len)
+        if nodes.size == 0:
+            return
+        if nodes.size > cfg.max_query_pts:
+            W, H = feats.sizes[q]
+            keep = _spread_longest(feats.xy[q][builder.kp_of[nodes]], lengths, W, H, cfg.max_query_pts)
+            nodes = nodes[keep]
+        obs, direct = builder.build(nodes)
+        obs_parts.append(obs)
+        direct_parts.append(direct)
+        qf_parts.append(np.full(len(nodes), q, np.int64))
+        visible[:] += (obs >= 0).sum(1)
 
-        used = []
-        for q in dict.fromkeys(first):
-            claim(q)
+    used = []
+    for q in dict.fromkeys(first):
+        claim(q)
+        used.append(q)
+    if cfg.complement_nonvisible:
+        while True:
+            deficient = [f for f in np.argsort(visible, kind="stable") if visible[f] < cfg.min_visible and f not in used]
+            if not deficient:
+                break
+            q = int(deficient[0])
             used.append(q)
-        if cfg.complement_nonvisible:
-            while True:
-                deficient = [f for f in np.argsort(visible, kind="stable") if visible[f] < cfg.min_visible and f not in used]
-                if not deficient:
-                    break
-                q = int(deficient[0])
-                used.append(q)
-                claim(q)
+            claim(q)
 
     if obs_parts:
         obs = np.concatenate(obs_parts, 1)
