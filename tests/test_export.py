@@ -294,6 +294,10 @@ def test_summary_total_is_the_sum_of_the_stages(tmp_path):
     cells = {r[0].strip(): r[1].strip() for r in rows if len(r) >= 2}
     assert cells["total"] == "6.5 s"
     assert cells["export"] == "0.5 s" and cells["tracks"] == "2.0 s"
+    from vggsfm_ns.report import build_report
+
+    # the JSON report agrees with the table
+    assert build_report(res)["summary"]["seconds"] == {"frames": 1.0, "tracks": 2.0, "triangulate + BA": 3.0, "export": 0.5, "total": 6.5}
 
 
 def test_summary_warns_when_most_frames_are_unreliable(tmp_path):

@@ -23,6 +23,15 @@ RELIABLE_MIN_OBSERVATIONS = 30
 RELIABLE_MAX_ERROR_PX = 2.0
 
 
+def _stage_seconds(timings: Dict[str, float]) -> Dict[str, float]:
+    """Seconds per stage in run order, then ``total`` = their sum (``reconstruct``'s own ``total``
+    is dropped: it leaves out stages run outside it, such as frame loading and export)."""
+    stages = {k: round(float(v), 3) for k, v in timings.items() if k != "total"}
+    if stages:
+        stages["total"] = round(sum(stages.values()), 3)
+    return stages
+
+
 def frame_statistics(recon: "pycolmap.Reconstruction", names: Sequence[str]) -> List[Dict[str, Any]]:
     """Per-frame quality numbers from a COLMAP model.
 
@@ -103,7 +112,7 @@ def build_report(result: "ReconstructionResult", frames_stats: Optional[List[Dic
         "mean_track_length": _finite(recon.compute_mean_track_length()) if recon.num_points3D() else None,
         "camera_model": camera_models[0] if len(camera_models) == 1 else camera_models,
         "tracker": result.tracker or (result.tracks.source if result.tracks is not None else None),
-        "seconds": {k: round(float(v), 3) for k, v in result.timings.items()},
+        "seconds": _stage_seconds(result.timings),
     }
     if result.dense_points is not None:
         summary["dense_points"] = int(len(result.dense_points[0]))
@@ -167,11 +176,11 @@ def print_summary(
     if s.get("camera_model"):
         table.add_row("camera model", str(s["camera_model"]))
     # ``timings["total"]`` is reconstruct()'s own wall time; the stages (export included) add up to the run
-    stages = {k: v for k, v in s["seconds"].items() if k != "total"}
-    for stage, sec in stages.items():
-        table.add_row(f"  {stage}", f"{sec:.1f} s")
-    if stages:
-        table.add_row("total", f"{sum(stages.values()):.1f} s")
+    for stage, sec in s["seconds"].items():
+        if stage != "total":
+            table.add_row(f"  {stage}", f"{sec:.1f} s")
+    if "total" in s["seconds"]:
+        table.add_row("total", f"{s['seconds']['total']:.1f} s")
     console.print(table)
     unreliable = [r["name"] for r in report["frames"] if r["registered"] and not r["reliable"]]
     missing = [r["name"] for r in report["frames"] if not r["registered"]]
