@@ -52,7 +52,9 @@ def write_error_plot(result: ReconstructionResult, path: Path, size_px: Tuple[in
         ax1.legend(loc="upper right", fontsize=8)
     ax1.axhline(_report.RELIABLE_MAX_ERROR_PX, ls="--", color="0.3", lw=1)
     ax1.set_ylabel("mean reproj. error (px)")
-    mean_all = np.nanmean(err) if np.isfinite(err).any() else float("nan")
+    # over all observations (each frame weighted by its observation count), as the summary's figure
+    ok = np.isfinite(err) & (nobs > 0)
+    mean_all = float((err[ok] * nobs[ok]).sum() / nobs[ok].sum()) if ok.any() else float("nan")
     ax1.set_title(
         f"{int(reg.sum())}/{S} frames registered, {int(rel.sum())} reliable, mean error {mean_all:.2f} px", fontsize=10
     )
