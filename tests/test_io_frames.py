@@ -107,8 +107,19 @@ def test_masks_matched_by_name_or_stem(tmp_path):
     m[10:20, 5:15] = 1  # VGGSfM convention: 1 = dynamic
     Image.fromarray(m).save(masks / "a.png")  # by stem
     Image.fromarray(m * 255).save(masks / "b.jpg.png")  # by full name + .png
-    fs = load_frames(imgs, masks=masks)
+    from vggsfm_ns.progress import PipelineObserver
+
+    class Messages(PipelineObserver):
+        def __init__(self):
+            self.got = []
+
+        def message(self, text, level="info"):
+            self.got.append((level, text))
+
+    obs = Messages()
+    fs = load_frames(imgs, masks=masks, observer=obs)
     assert [p.name if p else None for p in fs.mask_paths] == ["a.png", "b.jpg.png", None]
+    assert obs.got == [("warning", "masks: 2 of 3 frames have a mask; the others (e.g. c.jpg) are used whole")]
     dyn = fs.mask(0)
     assert dyn.dtype == bool and dyn.sum() == 100 and dyn[15, 10] and not dyn[0, 0]
     assert fs.mask(2) is None and fs.has_masks

@@ -56,8 +56,8 @@ def load_frames(
         num_frames_target: for videos, how many frames to extract (the sharpest frame of each of
             ``num_frames_target`` equal intervals; all frames when the video is shorter).
         work_dir: where extracted video frames are written (``work_dir/frames``). Default: a new
-            temporary directory that the caller owns (it is not removed automatically).
-        observer: progress reporting (stages ``frames``/``video``).
+            temporary directory removed when the process exits (:func:`~vggsfm_ns.io.atomic.process_temp_dir`).
+        observer: progress reporting (stages ``frames``/``video``) and warnings (e.g. frames without a mask).
 
     Returns:
         :class:`FrameSet` with original file names (videos: ``frame_00001.png``...), oriented sizes
@@ -88,6 +88,13 @@ def load_frames(
         raise InputError(f"only {len(frames)} frame(s); a reconstruction needs at least {MIN_FRAMES}", source)
     if masks is not None:
         frames.mask_paths = match_masks(frames.names, Path(masks).expanduser(), frames.sizes)
+        missing = [n for n, m in zip(frames.names, frames.mask_paths) if m is None]
+        if missing and observer is not None:
+            observer.message(
+                f"masks: {len(frames) - len(missing)} of {len(frames)} frames have a mask; the others (e.g. "
+                f"{missing[0]}) are used whole",
+                "warning",
+            )
     return frames
 
 
