@@ -286,6 +286,9 @@ def test_atomic_output_dir(tmp_path):
     (other / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="not a dataset"):
         check_output_dir(other, overwrite=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"notes.txt/sub: is inside .*notes.txt, which is a file, not a folder"):
+        check_output_dir(tmp_path / "notes.txt" / "sub")
     empty = tmp_path / "empty"
     empty.mkdir()
     with atomic_output_dir(empty) as tmp:

@@ -100,6 +100,9 @@ def check_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Opt
     """
     target = Path(target)
     if not target.exists():
+        parent = next((q for q in target.absolute().parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise OutputExistsError(f"is inside {parent}, which is a file, not a folder; choose another --output-dir", target)
         return
     if not target.is_dir():
         raise OutputExistsError("exists and is not a folder; choose another --output-dir", target)
