@@ -94,7 +94,7 @@ def check_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Opt
             a folder that will be replaced.
 
     Raises:
-        OutputExistsError: if ``target`` is a file, holds a dataset and ``overwrite`` is False, or
+        OutputExistsError: if ``target`` is a file or lies inside one, holds a dataset and ``overwrite`` is False, or
             holds other files, alone or beside a dataset (never replaced, even with ``overwrite``).
         InputError: if an input lies inside a non-empty ``target``.
     """
