@@ -266,6 +266,7 @@ def test_output_dir_dot_from_an_empty_folder(tmp_path, monkeypatch):
     cli_main(["process", "--data", str(tmp_path / "input"), "--output-dir", ".", "--num-downscales", "0"])
     assert Path(calls["work_dir"]).parent == tmp_path
     assert (here / "transforms.json").is_file() and not [p for p in here.iterdir() if p.name.startswith(".")]
+    assert Path(".").resolve() == here and (Path(".") / "transforms.json").is_file()  # the shell's folder holds it
 
 
 def test_internal_error_exits_1_not_0(tmp_path, monkeypatch, capsys):

@@ -291,9 +291,40 @@ def test_atomic_output_dir(tmp_path):
         check_output_dir(tmp_path / "notes.txt" / "sub")
     empty = tmp_path / "empty"
     empty.mkdir()
+    inode = empty.stat().st_ino
     with atomic_output_dir(empty) as tmp:
         (tmp / "transforms.json").write_text("3")
-    assert (empty / "transforms.json").read_text() == "3"
+        (tmp / "images").mkdir()
+    assert (empty / "transforms.json").read_text() == "3" and (empty / "images").is_dir()
+    # an existing empty folder is filled in place (a shell inside it, --output-dir ., sees the dataset)
+    assert empty.stat().st_ino == inode and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_filling_an_empty_folder_is_all_or_nothing(tmp_path, monkeypatch):
+    """A failure while the entries move into an existing empty folder moves them back."""
+    import os
+
+    import vggsfm_ns.io.atomic as atomic
+
+    target = tmp_path / "scene"
+    target.mkdir()
+    real_rename = os.rename
+    order = []
+
+    def flaky(src, dst):
+        order.append(Path(dst).name)
+        if Path(dst).name == "transforms.json" and Path(dst).parent == target:
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", flaky)
+    with pytest.raises(OSError):
+        with atomic_output_dir(target) as tmp:
+            for name in ("transforms.json", "vggsfm_report.json", "sparse_pc.ply"):
+                (tmp / name).write_text(name)
+            (tmp / "images").mkdir()
+    assert order[:4] == ["images", "sparse_pc.ply", "vggsfm_report.json", "transforms.json"]  # markers last
+    assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["scene"]
 
 
 def _count_opens(monkeypatch):

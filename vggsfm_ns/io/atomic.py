@@ -169,7 +169,8 @@ def atomic_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Op
         # scene/transforms.json now exists; on an exception nothing was written
 
     On success the temporary folder ``target.parent/.NAME.tmp-XXXX`` is renamed to ``target``
-    (an old dataset is first moved aside and deleted only after the rename). On any exception,
+    (an old dataset is first moved aside and deleted only after the rename; an existing empty
+    ``target`` is filled in place instead, see :func:`_move_into_empty`). On any exception,
     KeyboardInterrupt or SIGTERM the temporary folder (and any parent folders this call created)
     is removed and the exception propagates.
 
@@ -196,14 +197,39 @@ def atomic_output_dir(target: Path, overwrite: bool = False, inputs: Sequence[Op
                     p.rmdir()
 
 
+#: Moved last into an existing empty target, so that a folder without them is never a finished dataset.
+_MOVED_LAST = ("vggsfm_report.json", "transforms.json")
+
+
+def _move_into_empty(tmp: Path, target: Path) -> None:
+    """Move the entries of ``tmp`` into the existing empty folder ``target`` (then remove ``tmp``).
+
+    The folder itself stays (same inode): a shell whose working directory it is (``--output-dir .``)
+    sees the dataset. Each move is a rename on one file system; on any failure the entries already
+    moved go back to ``tmp``, so ``target`` is left empty.
+    """
+    entries = [q for q in sorted(tmp.iterdir()) if q.name not in _MOVED_LAST]
+    entries += [tmp / n for n in _MOVED_LAST if (tmp / n).exists()]
+    moved: List[str] = []
+    try:
+        for entry in entries:
+            os.rename(entry, target / entry.name)
+            moved.append(entry.name)
+    except BaseException:
+        for name in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(target / name, tmp / name)
+        raise
+    tmp.rmdir()
+
+
 def _commit(tmp: Path, target: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     if target.exists():
         if not any(target.iterdir()):
-            target.rmdir()
-            os.rename(tmp, target)
+            _move_into_empty(tmp, target)
             return
         backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         backup.rmdir()
