@@ -219,6 +219,11 @@ def test_query_point_errors():
     img = _textured(64, 48, n=40)
     with pytest.raises(ValueError, match="unknown query method"):
         detect_query_points(img, "superpoint", 100)
+    # one rule for the CLI's early check and the detector: aliases and spaces are fine
+    from vggsfm_ns.config import unknown_query_methods
+
+    assert unknown_query_methods("sift + shi-tomasi") == [] and unknown_query_methods("sift+grd+x") == ["grd", "x"]
+    assert torch.equal(detect_query_points(img, "shi-tomasi", 50), detect_query_points(img, "gftt", 50))
     with pytest.raises(ValueError):
         detect_query_points(img, "sift", 100, invalid_mask=torch.zeros(10, 10, dtype=torch.bool))
     with pytest.raises(ValueError):

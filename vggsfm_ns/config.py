@@ -10,13 +10,22 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Literal, Optional
+from typing import Dict, List, Literal, Optional
 
 CameraType = Literal["SIMPLE_PINHOLE", "SIMPLE_RADIAL", "PINHOLE", "OPENCV"]
 TrackerName = Literal["auto", "vggsfm", "klt", "sift"]
 #: Query-point detectors (:func:`vggsfm_ns.query.points.detect_query_points`); ``query_method`` joins
 #: them with ``+``.
 QUERY_POINT_METHODS = ("aliked", "sift", "grid", "gftt")
+#: Other names a detector answers to.
+QUERY_POINT_ALIASES = {"shi-tomasi": "gftt"}
+
+
+def unknown_query_methods(spec: str) -> List[str]:
+    """The names in a ``+``-joined ``query_method`` (spaces around names allowed) that are neither in
+    :data:`QUERY_POINT_METHODS` nor an alias (:data:`QUERY_POINT_ALIASES`); empty when all are known."""
+    names = (m.strip() for m in spec.split("+"))
+    return [m for m in names if m and m not in QUERY_POINT_METHODS and m not in QUERY_POINT_ALIASES]
 ModeName = Literal["auto", "sparse", "video"]
 
 

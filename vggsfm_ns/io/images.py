@@ -353,7 +353,7 @@ def write_image(path: Path, image: np.ndarray, quality: int = 95) -> None:
     try:
         _save(Image.fromarray(arr), path, quality)
     except OSError as e:
-        raise OutputError(f"cannot write image ({e.strerror or e})", path) from None
+        raise OutputError(f"cannot write image ({short_reason(e)})", path) from None
 
 
 def _save(im: Image.Image, path: Path, quality: int = 95) -> None:

@@ -59,7 +59,7 @@ def read_ply(path: Path) -> Tuple[np.ndarray, np.ndarray]:
     """
     from plyfile import PlyData, PlyParseError
 
-    from ..errors import InputError
+    from ..errors import InputError, short_reason
 
     path = Path(path)
     if not path.is_file():
@@ -68,7 +68,7 @@ def read_ply(path: Path) -> Tuple[np.ndarray, np.ndarray]:
         v = PlyData.read(str(path))["vertex"].data
         xyz = np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
     except (PlyParseError, KeyError, ValueError, OSError, IndexError, TypeError) as e:
-        raise InputError(f"cannot read point cloud ({type(e).__name__}: {e})", path) from None
+        raise InputError(f"cannot read point cloud ({type(e).__name__}: {short_reason(e)})", path) from None
     names = v.dtype.names or ()
     if all(c in names for c in ("red", "green", "blue")):
         rgb = np.stack([v["red"], v["green"], v["blue"]], axis=1)

@@ -15,7 +15,7 @@ from typing import Any, Dict, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, short_reason
 
 
 def read_json_object(path: Union[str, Path]) -> Dict[str, Any]:
@@ -31,7 +31,7 @@ def read_json_object(path: Union[str, Path]) -> Dict[str, Any]:
     except FileNotFoundError:
         raise InputError("file not found", path) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read JSON ({e})", path) from None
+        raise InputError(f"cannot read JSON ({short_reason(e)})", path) from None
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON ({e.msg} at line {e.lineno})", path) from None
     if not isinstance(data, dict):

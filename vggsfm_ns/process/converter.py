@@ -24,7 +24,7 @@ from typing import List, Literal, Optional
 
 import tyro
 
-from ..config import QUERY_POINT_METHODS, CameraType, ModeName, ReconstructionConfig, TrackerName, preset
+from ..config import QUERY_POINT_METHODS, CameraType, ModeName, ReconstructionConfig, TrackerName, preset, unknown_query_methods
 
 try:  # nerfstudio is an optional dependency: vggsfm-ns process works without it.
     from nerfstudio.process_data.base_converter_to_nerfstudio_dataset import BaseConverterToNerfstudioDataset
@@ -155,7 +155,7 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
                 raise InputError("checkpoint file not found", self.checkpoint)
             t.checkpoint = Path(self.checkpoint).expanduser()
         if self.query_method is not None:
-            unknown = [m for m in self.query_method.split("+") if m not in QUERY_POINT_METHODS]
+            unknown = unknown_query_methods(self.query_method)
             if unknown:
                 raise InputError(
                     f"--query-method {self.query_method!r}: unknown {', '.join(map(repr, unknown))}; "
@@ -205,13 +205,17 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
         """Run the conversion; user errors print one red line and exit with their exit code."""
         run_cli(self._run_reporting_interrupts)
 
+    def _output_path(self) -> Path:
+        """``--output-dir`` as an absolute path (``.`` must have a real parent for the work folder)."""
+        return Path(self.output_dir).expanduser().absolute()
+
     def _run_reporting_interrupts(self) -> None:
         """:meth:`_run`; a Ctrl+C that lands after the dataset was committed says so (exit 130)."""
         started = time.time()
         try:
             self._run()
         except KeyboardInterrupt:
-            tf = Path(self.output_dir).expanduser().absolute() / "transforms.json"
+            tf = self._output_path() / "transforms.json"
             with contextlib.suppress(OSError):
                 if tf.stat().st_mtime >= started - 1.0:  # written by this run (atomic rename keeps mtime)
                     from rich.console import Console
@@ -236,7 +240,7 @@ class VGGSfMToNerfstudioDataset(BaseConverterToNerfstudioDataset):
                 "nerfstudio holds out evaluation frames itself (eval_mode)"
             )
         data = Path(self.data).expanduser()
-        out = Path(self.output_dir).expanduser().absolute()  # "." must have a real parent for the work folder
+        out = self._output_path()
         masks = Path(self.masks).expanduser() if self.masks is not None else None
         if not data.exists():
             raise InputError("input not found", data)
@@ -361,7 +365,7 @@ def run_cli(fn) -> None:
         sys.exit(130)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        err.print(f"[bold red]Error:[/bold red] {escape(where + (e.strerror or str(e)))}", soft_wrap=True, highlight=False)
+        err.print(f"[bold red]Error:[/bold red] {escape(where + short_reason(e))}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001
         if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()[:200]:

@@ -30,7 +30,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from ..config import QUERY_POINT_METHODS
+from ..config import QUERY_POINT_ALIASES, QUERY_POINT_METHODS, unknown_query_methods
 from ..conventions import center_to_corner, corner_to_center
 from ..errors import CheckpointError, short_reason
 
@@ -416,9 +416,13 @@ def detect_query_points(
     methods = [m.strip() for m in method.split("+") if m.strip()]
     if not methods:
         raise ValueError("empty query method")
+    unknown = unknown_query_methods(method)
+    if unknown:
+        raise ValueError(f"unknown query method {unknown[0]!r}; choose from {QUERY_POINT_METHODS} joined with '+'")
     gray = None
     found = []
     for m in methods:
+        m = QUERY_POINT_ALIASES.get(m, m)
         if m == "aliked":
             pts = _detect_aliked(image, max_points, invalid, device if device is not None else image.device, aliked_weights)
         elif m == "sift":
@@ -427,11 +431,11 @@ def detect_query_points(
             pts = torch.unique(torch.from_numpy(xy), dim=0)  # one point per repeated orientation
         elif m == "grid":
             pts = grid_points(W, H, max_points)
-        elif m in ("gftt", "shi-tomasi"):
+        elif m == "gftt":
             gray = to_gray_uint8(image) if gray is None else gray
             pts = _detect_gftt(gray, max_points, None if invalid is None else invalid.numpy())
-        else:
-            raise ValueError(f"unknown query method {m!r}; choose from {QUERY_POINT_METHODS} joined with '+'")
+        else:  # pragma: no cover - a name in QUERY_POINT_METHODS without a detector here
+            raise ValueError(f"query method {m!r} has no detector")
         found.append(pts.float().reshape(-1, 2).cpu())
     pts = torch.cat(found, 0)
     inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= W - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= H - 0.5)
