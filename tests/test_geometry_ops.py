@@ -146,6 +146,28 @@ def test_transform_cameras_and_centres_numpy_and_torch():
     np.testing.assert_allclose(cam.camera_centers(E44[0].tolist()), cam.camera_centers(ext[0]).numpy(), atol=1e-12)
 
 
+def test_apply_affine_matches_camera_projection_numpy_and_torch():
+    """A cam_from_world matrix applied to world points gives the camera coordinates that
+    ``transform_points`` gives; 3x4 and 4x4 agree; numpy returns float64, torch keeps its dtype;
+    a wrong matrix or point shape is refused."""
+    ext, X = _cams(3), _points(20)
+    want = cam.transform_points(X, ext)  # (3, 20, 3)
+    for k in range(3):
+        got = cam.apply_affine(X, ext[k])
+        assert got.dtype == torch.float64 and got.shape == (20, 3)
+        torch.testing.assert_close(got, want[k], atol=1e-12, rtol=0)
+        E44 = np.vstack([ext[k].numpy(), [0, 0, 0, 1.0]])
+        got_np = cam.apply_affine(X.numpy().tolist(), E44)
+        assert isinstance(got_np, np.ndarray) and got_np.dtype == np.float64
+        np.testing.assert_allclose(got_np, want[k].numpy(), atol=1e-12)
+    assert cam.apply_affine(X.float()[None], ext[0]).dtype == torch.float32  # [..., P, 3] broadcast
+    np.testing.assert_allclose(cam.apply_affine(np.ones(3), np.eye(4)[:3] * 2.0), [2.0, 2.0, 2.0])
+    with pytest.raises(ValueError, match="3x4 or 4x4"):
+        cam.apply_affine(X, np.eye(3))
+    with pytest.raises(ValueError, match=r"\[\.\.\., 3\]"):
+        cam.apply_affine(np.zeros((5, 2)), np.eye(4))
+
+
 def test_triangulation_angles_and_sweep():
     ext, X = _cams(12), _points(40)
     C = cam.camera_centers(ext)

@@ -26,6 +26,8 @@ def unknown_query_methods(spec: str) -> List[str]:
     :data:`QUERY_POINT_METHODS` nor an alias (:data:`QUERY_POINT_ALIASES`); empty when all are known."""
     names = (m.strip() for m in spec.split("+"))
     return [m for m in names if m and m not in QUERY_POINT_METHODS and m not in QUERY_POINT_ALIASES]
+
+
 ModeName = Literal["auto", "sparse", "video"]
 
 

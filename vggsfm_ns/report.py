@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .io.colmap import image_reprojections
+
 if TYPE_CHECKING:  # pragma: no cover
     import pycolmap
     from rich.console import Console
@@ -60,16 +62,10 @@ def frame_statistics(recon: "pycolmap.Reconstruction", names: Sequence[str]) -> 
         }
         if img is not None and img.has_pose:
             row["registered"] = True
-            obs = [(p.xy, p.point3D_id) for p in img.points2D if p.has_point3D() and recon.exists_point3D(p.point3D_id)]
-            if obs:
-                xy = np.array([o[0] for o in obs], dtype=np.float64).reshape(-1, 2)
-                xyz = np.array([recon.point3D(o[1]).xyz for o in obs], dtype=np.float64).reshape(-1, 3)
-                T = img.cam_from_world().matrix()
-                cam_pts = xyz @ T[:, :3].T + T[:, 3]
-                proj = np.asarray(img.camera.img_from_cam(cam_pts, check_cheirality=False), dtype=np.float64).reshape(-1, 2)
-                err = np.linalg.norm(proj - xy, axis=1)
+            _, _, err = image_reprojections(recon, img)
+            if len(err):
+                row["num_observations"] = int(len(err))
                 err = err[np.isfinite(err)]
-                row["num_observations"] = int(len(obs))
                 row["mean_reproj_error_px"] = float(err.mean()) if len(err) else None
             e = row["mean_reproj_error_px"]
             row["reliable"] = bool(row["num_observations"] >= RELIABLE_MIN_OBSERVATIONS and e is not None and e < RELIABLE_MAX_ERROR_PX)

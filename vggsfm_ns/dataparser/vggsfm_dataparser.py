@@ -49,6 +49,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from ..conventions import DEPTH_UNIT_SCALE_FACTOR, LEGACY_APPLIED_TRANSFORM
 from ..errors import InputError
+from ..geometry.camera import apply_affine
 from ..io.colmap import model_points, read_model
 from ..io.ply import read_ply
 from ..io.transforms import read_json_object, read_transforms
@@ -252,8 +253,7 @@ class VGGSfMDataParser(Nerfstudio):
         path = Path(ply_file_path)
         if path.is_dir():
             _, xyz, rgb, _ = model_points(read_model(path))
-            A = np.asarray(self._applied_transform, dtype=np.float64)
-            xyz = xyz @ A[:3, :3].T + A[:3, 3]
+            xyz = apply_affine(xyz, self._applied_transform)
         else:
             xyz, rgb = read_ply(path)
         if xyz.shape[0] == 0:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..conventions import APPLIED_TRANSFORM, DEPTH_UNIT_SCALE_FACTOR, opencv_w2c_to_opengl_c2w
 from ..errors import ReconstructionError
+from ..geometry.camera import apply_affine
 from ..io.atomic import atomic_output_dir
 from ..io.colmap import model_points
 from ..io.images import image_info, write_downscales, write_image
@@ -168,8 +169,7 @@ def _registered(result: ReconstructionResult) -> List[Tuple[int, Any]]:
 
 def to_saved_world(xyz: np.ndarray) -> np.ndarray:
     """Map ``(N, 3)`` COLMAP-world points into the ``transforms.json`` world (:data:`APPLIED_TRANSFORM`)."""
-    xyz = np.asarray(xyz, np.float64).reshape(-1, 3)
-    return xyz @ APPLIED_TRANSFORM[:, :3].T + APPLIED_TRANSFORM[:, 3]
+    return apply_affine(np.asarray(xyz, np.float64).reshape(-1, 3), APPLIED_TRANSFORM)
 
 
 def export_nerfstudio(

@@ -270,6 +270,39 @@ def transform_cameras(extrinsics: ArrayLike, R: ArrayLike, t: ArrayLike, s: floa
     return np.concatenate([Rn, tn[..., None]], -1)
 
 
+def apply_affine(points: ArrayLike, A: ArrayLike) -> ArrayLike:
+    """``X' = A[:3, :3] X + A[:3, 3]`` for points ``[..., 3]`` and one ``(3 or 4, 4)`` matrix ``A``.
+
+    One map for every 3x4 change of frame applied to points: a ``cam_from_world`` matrix (world to
+    OpenCV camera coordinates), a similarity between two worlds, or
+    :data:`vggsfm_ns.conventions.APPLIED_TRANSFORM` (COLMAP world to the ``transforms.json`` world).
+
+    Args:
+        points: ``[..., 3]`` torch tensor or numpy array (or nested list).
+        A: ``(3, 4)`` or ``(4, 4)``; the last row of a 4x4 is ignored (affine, not projective).
+
+    Returns:
+        ``[..., 3]``: for a tensor, a tensor of the points' dtype and device; else a float64 numpy
+        array. Units are those of ``A``'s translation.
+
+    Raises:
+        ValueError: when ``points`` does not end in 3 or ``A`` is not 3x4 / 4x4.
+    """
+    shape = tuple(A.shape) if hasattr(A, "shape") else np.shape(A)
+    if shape not in ((3, 4), (4, 4)):
+        raise ValueError(f"apply_affine needs a 3x4 or 4x4 matrix, got shape {shape}")
+    if isinstance(points, torch.Tensor):
+        if points.shape[-1] != 3:
+            raise ValueError(f"apply_affine needs points [..., 3], got {tuple(points.shape)}")
+        A = torch.as_tensor(A, dtype=points.dtype, device=points.device)
+        return points @ A[:3, :3].T + A[:3, 3]
+    P = np.asarray(points, dtype=np.float64)
+    if P.shape[-1] != 3:
+        raise ValueError(f"apply_affine needs points [..., 3], got {P.shape}")
+    A = np.asarray(A, dtype=np.float64)
+    return P @ A[:3, :3].T + A[:3, 3]
+
+
 def intrinsics_matrix(fx: torch.Tensor, fy: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor) -> torch.Tensor:
     """Build ``[..., 3, 3]`` K from broadcastable ``[...]`` focal lengths and principal point."""
     fx, fy, cx, cy = torch.broadcast_tensors(fx, fy, cx, cy)

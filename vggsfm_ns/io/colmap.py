@@ -50,4 +50,32 @@ def model_points(recon) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return ids, xyz, rgb, err
 
 
-__all__ = ["read_model", "model_points"]
+def image_reprojections(recon, image) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The observations of one posed image and the projections of their 3D points.
+
+    Args:
+        recon: ``pycolmap.Reconstruction``.
+        image: one of its ``pycolmap.Image`` (must have a pose).
+
+    Returns:
+        ``(obs (n, 2), proj (n, 2), err (n,))`` float64: the image's 2D points that have a 3D point,
+        those points projected by the image's camera (distortion included, no cheirality check),
+        and ``err = |proj - obs|``, all in the model's pixels (COLMAP's corner convention).
+        ``n`` may be 0.
+
+    Source: what COLMAP's ``Reconstruction.compute_mean_reprojection_error`` averages, per image.
+    """
+    from ..geometry.camera import apply_affine
+
+    pairs = [(p.xy, p.point3D_id) for p in image.points2D if p.has_point3D() and recon.exists_point3D(p.point3D_id)]
+    if not pairs:
+        z = np.zeros((0, 2))
+        return z, z.copy(), np.zeros(0)
+    obs = np.array([p[0] for p in pairs], np.float64).reshape(-1, 2)
+    xyz = np.array([recon.point3D(p[1]).xyz for p in pairs], np.float64).reshape(-1, 3)
+    cam = apply_affine(xyz, image.cam_from_world().matrix())
+    proj = np.asarray(recon.cameras[image.camera_id].img_from_cam(cam, check_cheirality=False), np.float64).reshape(-1, 2)
+    return obs, proj, np.linalg.norm(proj - obs, axis=1)
+
+
+__all__ = ["read_model", "model_points", "image_reprojections"]

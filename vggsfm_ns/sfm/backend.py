@@ -57,7 +57,7 @@ import torch
 from ..config import CameraConfig, SfMConfig
 from ..conventions import ImageTransform, center_to_corner, corner_to_center, default_focal
 from ..errors import InputError, ReconstructionError
-from ..geometry.camera import cam_from_img, num_extra_params, undistort
+from ..geometry.camera import apply_affine, cam_from_img, num_extra_params, undistort
 from ..geometry.filtering import filter_points3d, reprojection_errors, valid_frame_mask
 from ..geometry.triangulation import triangulate_by_pair, triangulate_tracks
 from ..progress import PipelineObserver, ReconstructionSnapshot, Stage
@@ -348,7 +348,7 @@ class _Model:
         rest = self.has_point & ~in_model
         if sim is not None and rest.any():
             simt = torch.from_numpy(sim)
-            X[rest] = X[rest] @ simt[:, :3].T + simt[:, 3]
+            X[rest] = apply_affine(X[rest], simt)
         self.X = X
         self.sync_groups()
         if budget is not None and rest.any():

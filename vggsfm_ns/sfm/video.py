@@ -83,7 +83,7 @@ import torch
 from ..config import ReconstructionConfig
 from ..conventions import VGGSFM_IMG_SIZE, ImageTransform, center_to_corner, corner_to_center
 from ..errors import InputError, ReconstructionError
-from ..geometry.camera import transform_cameras
+from ..geometry.camera import apply_affine, camera_centers, transform_cameras
 from ..io.colmap import model_points
 from ..progress import Observers, PipelineObserver, ReconstructionSnapshot, Stage
 from ..query.points import grid_points
@@ -1195,8 +1195,8 @@ class _VideoRun:
             return []
         self.update_pending(seg, frames_of_rows, reg, xy[:, M:], obs[:, M:], colors, landed_ids, max(kept))
         # rotation-only check: camera baseline over the median depth of the anchor's points
-        Cc = np.stack([-self.ext[f][:, :3].T @ self.ext[f][:, 3] for f in [anchor] + kept])
-        depth = (X_a @ self.ext[anchor][:, :3].T + self.ext[anchor][:, 3])[:, 2]
+        Cc = camera_centers(np.stack([self.ext[f] for f in [anchor] + kept]))
+        depth = apply_affine(X_a, self.ext[anchor])[:, 2]
         base = float(np.linalg.norm(Cc - Cc[0], axis=1).max())
         med = float(np.median(depth[depth > 0])) if (depth > 0).any() else float("inf")
         ratio = base / med if med > 0 else 0.0

@@ -30,6 +30,7 @@ import torch
 
 from ..config import ReconstructionConfig
 from ..conventions import ImageTransform, center_to_corner, corner_to_center
+from ..geometry.camera import apply_affine
 from ..preprocess import resize_transforms
 from ..types import FrameSet, SfMResult, TrackSet
 
@@ -112,7 +113,7 @@ def _project(sfm: SfMResult, j: int, X: np.ndarray):
     """World points ``(M, 3)`` -> original-pixel corner coordinates ``(M, 2)`` in frame ``j`` and depth ``(M,)``."""
     E = sfm.extrinsics[j].numpy().astype(np.float64)
     K = sfm.intrinsics[j].numpy().astype(np.float64)
-    xc = X @ E[:, :3].T + E[:, 3]
+    xc = apply_affine(X, E)
     z = xc[:, 2]
     uv = (xc[:, :2] / np.where(np.abs(z) < 1e-12, 1e-12, z)[:, None]) @ K[:2, :2].T + K[:2, 2]
     return uv, z

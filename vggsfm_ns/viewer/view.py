@@ -20,7 +20,7 @@ import numpy as np
 
 from ..conventions import LEGACY_APPLIED_TRANSFORM, opengl_c2w_to_opencv_w2c
 from ..errors import InputError
-from ..geometry.camera import transform_cameras
+from ..geometry.camera import apply_affine, transform_cameras
 from ..io.colmap import read_model
 from ..io.ply import read_ply
 from ..io.transforms import read_json_object, read_transforms
@@ -70,7 +70,7 @@ def _smallest_copy(data_dir: Path, rel: Path) -> Path:
 def _transform_snapshot(snap: ReconstructionSnapshot, A: np.ndarray) -> ReconstructionSnapshot:
     """Map a snapshot by the rigid world change ``X' = A[:, :3] X + A[:, 3]`` (``A`` 3x4, rotation part orthonormal)."""
     A = np.asarray(A, np.float64).reshape(3, 4)
-    pts = np.asarray(snap.points, np.float64).reshape(-1, 3) @ A[:, :3].T + A[:, 3]
+    pts = apply_affine(np.asarray(snap.points, np.float64).reshape(-1, 3), A)
     return ReconstructionSnapshot(
         snap.label,
         list(snap.names),

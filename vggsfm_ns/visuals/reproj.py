@@ -14,6 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..io.colmap import image_reprojections
 from ..progress import PipelineObserver, Stage
 from ..types import ReconstructionResult
 from .draw import GREEN, RED, WHITE, colormap, draw_circles, draw_segments, put_header
@@ -34,16 +35,7 @@ def frame_reprojections(recon, name: str) -> Optional[Tuple[np.ndarray, np.ndarr
     img = next((im for im in recon.images.values() if im.name == name), None)
     if img is None or not img.has_pose:
         return None
-    pairs = [(p.xy, p.point3D_id) for p in img.points2D if p.has_point3D() and recon.exists_point3D(p.point3D_id)]
-    if not pairs:
-        z = np.zeros((0, 2))
-        return z, z.copy(), np.zeros(0)
-    obs = np.array([p[0] for p in pairs], np.float64).reshape(-1, 2)
-    xyz = np.array([recon.point3D(p[1]).xyz for p in pairs], np.float64).reshape(-1, 3)
-    T = img.cam_from_world().matrix()
-    cam = xyz @ T[:, :3].T + T[:, 3]
-    proj = np.asarray(recon.cameras[img.camera_id].img_from_cam(cam, check_cheirality=False), np.float64).reshape(-1, 2)
-    return obs, proj, np.linalg.norm(proj - obs, axis=1)
+    return image_reprojections(recon, img)
 
 
 def write_reproj_video(
