@@ -549,21 +549,19 @@ class _Model:
         if self.fixed:
             return []
         idx = torch.nonzero(self.has_point).flatten()
-        split = []
-        for i in self.reg_list():
-            if self.group_size(i) < 2:
-                continue
+
+        def fit(i: int):
+            """Both refinements of frame ``i`` (reads only its own pose and camera): ``(rms, fits)``."""
             m = self.inl[i, idx].numpy()
             if m.sum() < min_obs:
-                continue
+                return [], []
             sel = np.nonzero(m)[0]
             if sel.size > POSE_MAX_POINTS:
                 sel = np.random.default_rng(self.seed + i).choice(sel, POSE_MAX_POINTS, replace=False)
             p2 = self.xy[i, idx[sel]].numpy()
             p3 = self.X[idx[sel]].numpy()
             mask = np.ones(sel.size, bool)
-            rms = []
-            fits = []
+            rms, fits = [], []
             for own in (False, True):
                 cam = self._camera(i)
                 o = cb.pose_refinement_options(own, own and self.E > 0)
@@ -578,6 +576,16 @@ class _Model:
                 err = reprojection_errors(torch.from_numpy(p3), torch.from_numpy(p2)[None], torch.from_numpy(ext)[None], Kt, et)
                 rms.append(float(err.square().mean().sqrt()))
                 fits.append((ext, cam))
+            return rms, fits
+
+        # the fits are independent (a split changes only the splitting frame's pose and camera), so
+        # they run in parallel; the splits are applied in frame order, each frame's group size
+        # checked at that point, exactly as in a sequential loop
+        todo = [i for i in self.reg_list() if self.group_size(i) >= 2]
+        split = []
+        for i, (rms, fits) in zip(todo, thread_map(fit, todo)):
+            if self.group_size(i) < 2:
+                continue
             if len(rms) == 2 and rms[1] < gain * rms[0]:
                 ext, cam = fits[1]
                 if self._frame_ok(i, ext, *from_colmap_params(self.camera_type, cam.params)[:1], None):
