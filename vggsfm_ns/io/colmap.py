@@ -1,4 +1,5 @@
-"""COLMAP models through pycolmap: reading a model folder with a clear error, and its 3D points as arrays.
+"""COLMAP models through pycolmap: reading a model folder with a clear error, its 3D points as
+arrays, and the reprojection errors of one image's observations.
 
 Coordinates stay in the COLMAP world (OpenCV cameras, pixel-corner image coordinates); mapping into
 nerfstudio's saved world is :data:`vggsfm_ns.conventions.APPLIED_TRANSFORM`.

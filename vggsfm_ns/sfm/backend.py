@@ -579,11 +579,12 @@ class _Model:
             return rms, fits
 
         # the fits are independent (a split changes only the splitting frame's pose and camera), so
-        # they run in parallel; the splits are applied in frame order, each frame's group size
-        # checked at that point, exactly as in a sequential loop
+        # they run in parallel, all of them before any split; the splits are then applied in frame
+        # order, each frame's group size checked at that point, exactly as in a sequential loop
         todo = [i for i in self.reg_list() if self.group_size(i) >= 2]
+        results = list(thread_map(fit, todo))
         split = []
-        for i, (rms, fits) in zip(todo, thread_map(fit, todo)):
+        for i, (rms, fits) in zip(todo, results):
             if self.group_size(i) < 2:
                 continue
             if len(rms) == 2 and rms[1] < gain * rms[0]:
