@@ -57,6 +57,11 @@ def test_json_without_principal_point_uses_the_image_centre(tmp_path):
     k = known_intrinsics(frames(), CameraConfig(intrinsics_file=p))
     np.testing.assert_allclose(k.intrinsics.numpy(), np.tile(K(1000, 1000, 320, 240), (3, 1, 1)))
     assert torch.isfinite(k.intrinsics).all()
+    # a frame entry that restates the size inherits the focal length, not a centre of the other size
+    p.write_text(json.dumps({"fl_x": 2000.0, "w": 1280, "h": 960, "frames": [{"file_path": "images/img_1.jpg", "w": 640, "h": 480}]}))
+    k = known_intrinsics(frames(), CameraConfig(intrinsics_file=p))
+    np.testing.assert_allclose(k.intrinsics[0].numpy(), K(1000, 1000, 320, 240))
+    np.testing.assert_allclose(k.intrinsics[1].numpy(), K(2000, 2000, 320, 240))
 
 
 def test_json_transforms_per_frame_with_rescale_and_distortion(tmp_path):

@@ -74,7 +74,8 @@ def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
         images: ``[..., 3, H, W]`` float RGB in [0, 1], any device.
 
     Returns:
-        ``[..., 3, H, W]`` float32 normalised images on the same device.
+        ``[..., 3, H, W]`` normalised images on the same device (float32 for float32 or
+        lower-precision input; float64 stays float64).
 
     Source: the official ``_resnet_normalize_image`` (camera predictor) and Depth-Anything-V2's
     ``NormalizeImage`` transform: both use :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`.
@@ -82,6 +83,7 @@ def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(3, 1, 1)
     return (images - mean) / std
+
 
 #: Per-axis flip between OpenCV and OpenGL camera axes (diag(1, -1, -1)).
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
@@ -242,5 +244,3 @@ def default_focal(width: float, height: float) -> float:
     the longer side), used to seed bundle adjustment when no camera predictor or EXIF prior exists.
     """
     return float(max(width, height))
-
-

@@ -72,6 +72,8 @@ def snapshot_from_reconstruction(recon, names: Sequence[str], label: str, progre
     Frames are matched by image name; names absent from the model are unregistered. Intrinsics are
     taken as they are in the model (the caller decides which pixel frame the model is in).
     """
+    from .io.colmap import image_reprojections, model_points
+
     ext, K, sizes, reg, ferr, fobs = empty_frame_arrays(len(names))
     by_name = {img.name: img for img in recon.images.values()}
     for i, n in enumerate(names):
@@ -85,16 +87,10 @@ def snapshot_from_reconstruction(recon, names: Sequence[str], label: str, progre
             continue
         reg[i] = True
         ext[i] = img.cam_from_world().matrix()
-        errs = []
-        for p2d in img.points2D:
-            if p2d.has_point3D() and recon.exists_point3D(p2d.point3D_id):
-                proj = cam.img_from_cam(img.cam_from_world() * recon.point3D(p2d.point3D_id).xyz)
-                if proj is not None:
-                    errs.append(float(np.linalg.norm(np.asarray(proj) - p2d.xy)))
+        errs = image_reprojections(recon, img, check_cheirality=True)[2]
+        errs = errs[np.isfinite(errs)]  # points in front of the camera only
         fobs[i] = len(errs)
-        ferr[i] = float(np.mean(errs)) if errs else np.nan
-    from .io.colmap import model_points
-
+        ferr[i] = float(np.mean(errs)) if len(errs) else np.nan
     _, xyz, rgb, perr = model_points(recon)
     return ReconstructionSnapshot(label, list(names), ext, K, sizes, reg, xyz, rgb, perr, ferr, fobs, progress)
 

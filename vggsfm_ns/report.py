@@ -171,7 +171,7 @@ def print_summary(
         table.add_row("tracker", str(s["tracker"]))
     if s.get("camera_model"):
         table.add_row("camera model", str(s["camera_model"]))
-    # ``timings["total"]`` is reconstruct()'s own wall time; the stages (export included) add up to the run
+    # stages in run order (export included), then their sum (:func:`_stage_seconds`)
     for stage, sec in s["seconds"].items():
         if stage != "total":
             table.add_row(f"  {stage}", f"{sec:.1f} s")

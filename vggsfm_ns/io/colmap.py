@@ -51,18 +51,20 @@ def model_points(recon) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return ids, xyz, rgb, err
 
 
-def image_reprojections(recon, image) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_reprojections(recon, image, check_cheirality: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The observations of one posed image and the projections of their 3D points.
 
     Args:
         recon: ``pycolmap.Reconstruction``.
         image: one of its ``pycolmap.Image`` (must have a pose).
+        check_cheirality: points behind the camera get NaN projections and errors (pycolmap's
+            ``img_from_cam`` check); False projects them through the centre anyway.
 
     Returns:
         ``(obs (n, 2), proj (n, 2), err (n,))`` float64: the image's 2D points that have a 3D point,
-        those points projected by the image's camera (distortion included, no cheirality check),
-        and ``err = |proj - obs|``, all in the model's pixels (COLMAP's corner convention).
-        ``n`` may be 0.
+        those points projected by the image's camera (distortion included), and
+        ``err = |proj - obs|``, all in the model's pixels (COLMAP's corner convention). ``n`` may
+        be 0.
 
     Source: what COLMAP's ``Reconstruction.compute_mean_reprojection_error`` averages, per image.
     """
@@ -75,7 +77,7 @@ def image_reprojections(recon, image) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     obs = np.array([p[0] for p in pairs], np.float64).reshape(-1, 2)
     xyz = np.array([recon.point3D(p[1]).xyz for p in pairs], np.float64).reshape(-1, 3)
     cam = apply_affine(xyz, image.cam_from_world().matrix())
-    proj = np.asarray(recon.cameras[image.camera_id].img_from_cam(cam, check_cheirality=False), np.float64).reshape(-1, 2)
+    proj = np.asarray(recon.cameras[image.camera_id].img_from_cam(cam, check_cheirality=check_cheirality), np.float64).reshape(-1, 2)
     return obs, proj, np.linalg.norm(proj - obs, axis=1)
 
 

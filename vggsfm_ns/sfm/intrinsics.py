@@ -202,11 +202,7 @@ def _json_cam(d: dict, base: Optional[_Cam], path: Path, where: str) -> Optional
         vals[3] = vals[2]
     if vals[2] <= 0 or vals[3] <= 0:
         raise InputError(f"{where}: focal lengths must be positive", path)
-    # no principal point given: the centre of the stated size (else of each image, known_intrinsics)
-    if vals[4] is None and vals[0] is not None:
-        vals[4] = vals[0] / 2.0
-    if vals[5] is None and vals[1] is not None:
-        vals[5] = vals[1] / 2.0
+    # a missing principal point stays None: known_intrinsics puts it at each image's centre
     return tuple(vals)  # type: ignore[return-value]
 
 
@@ -256,14 +252,17 @@ def _read_colmap(path: Path, names: List[str]) -> List[Optional[_Cam]]:
 
 
 def _fit_to_size(cam: _Cam, w: int, h: int, path: Optional[Path], name: str) -> _Cam:
-    """Rescale a camera given for another image size (same aspect ratio) to ``w x h``."""
+    """Rescale a camera given for another image size (same aspect ratio) to ``w x h`` (a missing
+    principal point stays missing)."""
     cw, ch = cam[0], cam[1]
     if cw is None or ch is None or (int(round(cw)) == w and int(round(ch)) == h):
         return cam
     sx, sy = w / cw, h / ch
     if abs(sx / sy - 1.0) > 0.01:
         raise InputError(f"intrinsics for {int(cw)}x{int(ch)} do not fit image {name} ({w}x{h}): different aspect ratio", path)
-    return (float(w), float(h), cam[2] * sx, cam[3] * sy, cam[4] * sx, cam[5] * sy, *cam[6:])
+    cx = None if cam[4] is None else cam[4] * sx
+    cy = None if cam[5] is None else cam[5] * sy
+    return (float(w), float(h), cam[2] * sx, cam[3] * sy, cx, cy, *cam[6:])
 
 
 def _to_model(cam: _Cam, camera_type: str, path: Optional[Path], name: str) -> Tuple[np.ndarray, np.ndarray]:
