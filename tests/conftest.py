@@ -35,3 +35,12 @@ def _torch_threads():
     # CI machines have 2 cores; keep torch from oversubscribing them.
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def split_every_job(monkeypatch):
+    """Split work over worker threads however small it is (``threads.MIN_JOB_SECONDS = 0``), so that
+    tests of the parallel code paths exercise them on small problems."""
+    import vggsfm_ns.threads as threads
+
+    monkeypatch.setattr(threads, "MIN_JOB_SECONDS", 0.0)

@@ -99,7 +99,7 @@ def test_simple_pinhole_per_frame_cameras_model_and_colours():
     assert {"two_view", "register", "global_ba", "total"} <= set(res.stats["timings"])
 
 
-def test_result_independent_of_cpu_workers():
+def test_result_independent_of_cpu_workers(split_every_job):
     """Triangulation chunks and pose refinements run on worker threads; the model must not depend
     on how many."""
     scene = make_scene(num_frames=16, num_points=1000, trajectory="orbit", image_size=(640, 480), focal=600.0, seed=11)

@@ -106,7 +106,7 @@ def test_smallest_eigenvector_matches_eigh():
     torch.testing.assert_close(adj @ A2, torch.linalg.det(A2)[:, None, None] * torch.eye(4, dtype=torch.float64).expand(200, 4, 4), atol=1e-6, rtol=1e-9)
 
 
-def test_multi_view_triangulation_exact_and_linear_variant():
+def test_multi_view_triangulation_exact_and_linear_variant(split_every_job):
     ext, X = _cams(5), _points(50)
     uv = _normalized(ext, X)  # [S, N, 2]
     Xt = tri.triangulate_multi_view(ext[None].expand(50, -1, -1, -1), uv.transpose(0, 1))
@@ -244,7 +244,7 @@ def test_view_chunks_bounded_by_view_count_and_boundaries():
     assert len(small) > len(chunks) and all(b - a <= 4 for a, b, _ in small)
 
 
-def test_triangulate_tracks_mixed_lengths_independent_of_chunking():
+def test_triangulate_tracks_mixed_lengths_independent_of_chunking(split_every_job):
     S, N = 40, 400
     ext, X, noisy, out, g = _noisy_tracks(S, N, 1, 0.1)
     # track lengths from 2 to 40 views
@@ -260,7 +260,7 @@ def test_triangulate_tracks_mixed_lengths_independent_of_chunking():
     assert not (ma & out.T).any()
 
 
-def test_triangulate_tracks_independent_of_workers():
+def test_triangulate_tracks_independent_of_workers(split_every_job):
     S, N = 40, 500
     ext, X, noisy, out, g = _noisy_tracks(S, N, 2, 0.1)
     keep = torch.rand(S, N, generator=g) < torch.linspace(0.05, 1.0, N)[None]
@@ -293,6 +293,10 @@ def test_balanced_jobs_cover_every_track_once_with_bounded_cost():
     assert max((b - a) * V for a, b, V in jobs) <= target + 40  # at most one track over the target
     costs = [(b - a) * V for a, b, V in jobs]
     assert costs == sorted(costs, reverse=True)  # largest first
+    # a floor on the job cost: only the chunk of 269 x 40 = 10,760 track-views is split, in two
+    floor = tri._balanced(chunks, 2, min_cost=5000)
+    assert sorted(floor) == [(0, 100, 3), (100, 130, 6), (130, 131, 12), (131, 265, 40), (265, 400, 40)]
+    assert sorted(tri._balanced(chunks, 2, min_cost=total)) == chunks  # nothing worth splitting
 
 
 def test_triangulate_tracks_skips_tracks_without_two_views():
@@ -386,7 +390,7 @@ def test_ransac_iterations_reach_success_probability_empirically():
 # ------------------------------------------------------------------------------------------ filtering / chunking
 
 
-def test_filter_points_thresholds_masks_and_angle():
+def test_filter_points_thresholds_masks_and_angle(split_every_job):
     ext, X = _cams(4), _points(30)
     K = torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]], dtype=torch.float64).expand(4, 3, 3)
     px, _ = cam.project_points(X, ext, K)
@@ -436,7 +440,7 @@ def test_chunking():
     assert spans == [(0, 4), (4, 8), (8, 10)]
 
 
-def test_triangulate_by_pair_chunked_and_masked():
+def test_triangulate_by_pair_chunked_and_masked(split_every_job):
     ext, X = _cams(4), _points(60)
     uv = _normalized(ext, X)
     valid = torch.rand(4, 60, generator=torch.Generator().manual_seed(2)) > 0.2

@@ -7,7 +7,10 @@ import threading
 import pytest
 import torch
 
-from vggsfm_ns.threads import JOBS_PER_WORKER, MAX_WORKERS, cpu_workers, device_workers, job_ranges, thread_map, torch_threads
+from vggsfm_ns.threads import (
+    JOBS_PER_WORKER, MAX_WORKERS, cpu_workers, device_workers, job_ranges, min_job_items, parallel_workers,
+    thread_map, torch_threads,
+)
 
 
 @pytest.fixture
@@ -129,4 +132,22 @@ def test_job_ranges_cover_in_order_with_bounded_size():
     assert all(b == a2 for (_, b), (a2, _) in zip(r, r[1:]))
     r = job_ranges(7, 100, 16)  # never empty ranges
     assert r == [(i, i + 1) for i in range(7)]
+    assert job_ranges(7, 100, 16, item_seconds=0.0) == r  # no cost estimate: as before
 
+
+def test_small_work_is_not_split(split_every_job):
+    """Jobs hold at least MIN_JOB_SECONDS of estimated work, and small work uses fewer workers."""
+    import vggsfm_ns.threads as threads
+
+    threads.MIN_JOB_SECONDS = 0.04
+    assert parallel_workers(0.01, 2) == 1 and parallel_workers(0.079, 2) == 1
+    assert parallel_workers(0.08, 2) == 2 and parallel_workers(10.0, 3) == 3 and parallel_workers(10.0, 0) == 1
+    assert min_job_items(1e-3) == 40 and min_job_items(0.0) == 1
+    # 1000 items of 0.1 ms: 0.1 s of work, jobs of at least 400 items instead of 1000 / 8
+    assert job_ranges(1000, 10**9, 2, item_seconds=1e-4) == [(0, 400), (400, 800), (800, 1000)]
+    assert job_ranges(1000, 100, 2, item_seconds=1e-4)[0] == (0, 100)  # memory still caps the size
+    # 1 s of work: the per-worker split is coarser than the floor, so it wins
+    assert len(job_ranges(1000, 10**9, 2, item_seconds=1e-3)) == 2 * JOBS_PER_WORKER
+    threads.MIN_JOB_SECONDS = 0.0  # the fixture's setting: any work is split
+    assert parallel_workers(1e-9, 2) == 2 and min_job_items(1e-9) == 1
+    assert len(job_ranges(1000, 10**9, 2, item_seconds=1e-9)) == 2 * JOBS_PER_WORKER

@@ -13,6 +13,14 @@ or ``OMP_NUM_THREADS``; torch's default is the number of physical cores), read *
 :func:`torch_threads` block, so ``torch.set_num_threads(1)`` makes the compute stages serial
 (bundle adjustment too: :func:`vggsfm_ns.sfm.colmap_build.ba_options`); reading the input frames
 and writing the dataset keep their own I/O threads.
+
+Work is split only into jobs of at least :data:`MIN_JOB_SECONDS` of single-core time
+(:func:`parallel_workers`, :func:`job_ranges`): a job of many small torch ops spends much of its
+time in Python between kernels, holding the GIL, so two such jobs hardly overlap, and every hand-off
+of the GIL between a worker and a thread running Python can wait for the interpreter's switch
+interval (5 ms). Measured in ``docs/benchmarks.md`` (tenth session): on DTU-sized problems the
+point filter, the linear and pairwise triangulations and the LO-RANSAC triangulation took 1.5-10x
+longer split over two workers than on one thread.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ MAX_WORKERS = 16
 #: Work split over several workers is cut into at least this many jobs per worker, so that uneven
 #: jobs still keep every worker busy (and smaller batches stay in cache).
 JOBS_PER_WORKER = 4
+#: Least single-core work, in seconds, worth a job of its own on a worker thread (see the module
+#: docstring). Callers estimate their work from measured per-item costs; 0 splits any work.
+MIN_JOB_SECONDS = 0.04
 
 _lock = threading.Lock()
 _outer: List[int] = []  # torch thread counts saved by the active torch_threads blocks, outermost first
@@ -82,6 +93,23 @@ def device_workers(device, num_workers: Optional[int] = None) -> int:
     return cpu_workers() if num_workers is None else max(1, int(num_workers))
 
 
+def parallel_workers(seconds: float, workers: int) -> int:
+    """Workers worth using for ``seconds`` of estimated single-core work: as many as there are
+    :data:`MIN_JOB_SECONDS` jobs in it, at most ``workers``, at least 1."""
+    workers = max(1, int(workers))
+    if MIN_JOB_SECONDS <= 0:
+        return workers
+    return max(1, min(workers, int(seconds // MIN_JOB_SECONDS)))
+
+
+def min_job_items(item_seconds: float) -> int:
+    """Fewest items of ``item_seconds`` estimated single-core seconds each that make a job worth a
+    worker thread (:data:`MIN_JOB_SECONDS`); 1 when either is not positive."""
+    if item_seconds <= 0 or MIN_JOB_SECONDS <= 0:
+        return 1
+    return max(1, math.ceil(MIN_JOB_SECONDS / item_seconds))
+
+
 def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: Optional[int] = None) -> Iterator[R]:
     """``fn`` over ``items`` on ``workers`` threads (default :func:`cpu_workers`), results in input
     order, with torch on one intra-op thread while it runs.
@@ -101,16 +129,22 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: Optional[int] 
             yield from ex.map(fn, items)
 
 
-def job_ranges(n: int, max_size: int, workers: int) -> List[Tuple[int, int]]:
+def job_ranges(n: int, max_size: int, workers: int, item_seconds: float = 0.0) -> List[Tuple[int, int]]:
     """``(start, stop)`` ranges covering ``range(n)`` in order, each at most ``max_size`` long and,
-    with more than one worker, at most ``ceil(n / (JOBS_PER_WORKER * workers))`` long.
+    with more than one worker, at most ``ceil(n / (JOBS_PER_WORKER * workers))`` long, but not
+    shorter than :data:`MIN_JOB_SECONDS` of work when ``item_seconds`` (estimated single-core
+    seconds per item) is given.
 
-    For per-item work whose result does not depend on how the items are batched.
+    For per-item work whose result does not depend on how the items are batched. Pass the
+    ``workers`` of :func:`parallel_workers` so that small work is not split at all.
     """
     size = max(1, int(max_size))
     if workers > 1:
-        size = min(size, max(1, math.ceil(n / (JOBS_PER_WORKER * workers))))
+        size = min(size, max(math.ceil(n / (JOBS_PER_WORKER * workers)), min_job_items(item_seconds)))
     return [(a, min(n, a + size)) for a in range(0, max(0, int(n)), size)]
 
 
-__all__ = ["MAX_WORKERS", "JOBS_PER_WORKER", "torch_threads", "cpu_workers", "device_workers", "thread_map", "job_ranges"]
+__all__ = [
+    "MAX_WORKERS", "JOBS_PER_WORKER", "MIN_JOB_SECONDS", "torch_threads", "cpu_workers", "device_workers",
+    "parallel_workers", "min_job_items", "thread_map", "job_ranges",
+]

@@ -12,9 +12,14 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .camera import camera_centers, project_points
-from ..threads import device_workers, job_ranges, thread_map
+from ..threads import device_workers, job_ranges, parallel_workers, thread_map
 from .chunking import chunk_size
 from .triangulation import max_triangulation_angle
+
+#: Single-core seconds :func:`filter_points3d` spends per point and frame (measured on a 2-core
+#: AMD EPYC VM, 50 frames; ``docs/benchmarks.md``, tenth session): decides whether it splits its
+#: points over worker threads (:func:`vggsfm_ns.threads.parallel_workers`).
+SECONDS_PER_POINT_VIEW = 1.6e-7
 
 
 def reprojection_errors(
@@ -71,7 +76,8 @@ def filter_points3d(
         obs_mask: ``[S, P]`` bool; observations outside it are never inliers (the official function
             has no such mask: pass None to reproduce it).
         max_points_per_chunk: points per chunk (0: from free memory). Chunks run on
-            :func:`vggsfm_ns.threads.cpu_workers` threads on CPU (the result does not depend on it).
+            :func:`vggsfm_ns.threads.cpu_workers` threads on CPU, fewer when the work is small
+            (:func:`vggsfm_ns.threads.parallel_workers`; the result does not depend on it).
         exact_max_views: frames up to which the angle test checks every pair (see
             :func:`~vggsfm_ns.geometry.triangulation.max_triangulation_angle`).
 
@@ -86,7 +92,7 @@ def filter_points3d(
     valid = torch.zeros(P, dtype=torch.bool, device=points.device)
     detail = torch.zeros(S, P, dtype=torch.bool, device=points.device)
     per_point = 8.0 * S * 16 + (8.0 * S * S * 4 if S <= exact_max_views else 0.0)
-    workers = device_workers(points.device)
+    workers = parallel_workers(P * S * SECONDS_PER_POINT_VIEW, device_workers(points.device))
     size = chunk_size(P, per_point * workers, max_points_per_chunk, device=points.device)
 
     def run(job: Tuple[int, int]) -> None:
@@ -105,7 +111,7 @@ def filter_points3d(
         valid[a:b] = ok  # disjoint columns per job
         detail[:, a:b] = inl
 
-    for _ in thread_map(run, job_ranges(P, size, workers), workers):
+    for _ in thread_map(run, job_ranges(P, size, workers, S * SECONDS_PER_POINT_VIEW), workers):
         pass
     return valid, detail
 

@@ -28,10 +28,17 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..threads import JOBS_PER_WORKER, device_workers, job_ranges, thread_map
+from ..threads import JOBS_PER_WORKER, device_workers, job_ranges, min_job_items, parallel_workers, thread_map
 from .camera import camera_centers
 from .chunking import chunk_size
 from .epipolar import residual_indicator
+
+#: Single-core seconds per unit of work of the batched triangulations (measured on a 2-core AMD
+#: EPYC VM on the fox scene's back end, ``docs/benchmarks.md``, tenth session). They decide how many
+#: worker threads a call uses (:func:`vggsfm_ns.threads.parallel_workers`): per track pair in
+#: :func:`triangulate_by_pair`, per observation in :func:`triangulate_tracks_linear`, and per
+#: observation and hypothesis in :func:`triangulate_tracks`.
+SECONDS_PER_PAIR, SECONDS_PER_OBSERVATION, SECONDS_PER_HYPOTHESIS_VIEW = 1.5e-6, 6e-7, 2e-7
 
 # --------------------------------------------------------------------------------------------------
 # symmetric 4x4 smallest eigenvector
@@ -281,8 +288,9 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
         valid: ``[S, N]`` bool; pairs where either observation is invalid are skipped (NaN point,
             no cheirality, angle 0). None: all.
         max_pairs_per_chunk: track pairs triangulated at once (0: from free memory).
-        num_workers: CPU threads that triangulate chunks in parallel (default
-            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it (up to
+        num_workers: most CPU threads that triangulate chunks in parallel (default
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU; fewer when the work is small,
+            :func:`vggsfm_ns.threads.parallel_workers`). The result does not depend on it (up to
             floating-point rounding of the batched products).
 
     Returns:
@@ -304,8 +312,8 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
     out_X = torch.full((len(others), N, 3), float("nan"), dtype=ext.dtype, device=tracks.device)
     out_c = torch.zeros(len(others), N, dtype=torch.bool, device=tracks.device)
     out_a = torch.zeros(len(others), N, dtype=ext.dtype, device=tracks.device)
-    workers = device_workers(tracks.device, num_workers)
     M = pi_all.numel()
+    workers = parallel_workers(M * SECONDS_PER_PAIR, device_workers(tracks.device, num_workers))
     size = chunk_size(M, 8.0 * 200 * workers, max_pairs_per_chunk, device=tracks.device)
 
     def run(job: Tuple[int, int]) -> None:
@@ -317,7 +325,7 @@ def triangulate_by_pair(extrinsics: torch.Tensor, tracks: torch.Tensor, ref: int
         out_c[pi, ni] = (d > 0).all(-1)
         out_a[pi, ni] = _pair_angle(C[pi, 0], C[pi, 1], X)
 
-    for _ in thread_map(run, job_ranges(M, size, workers), workers):
+    for _ in thread_map(run, job_ranges(M, size, workers, SECONDS_PER_PAIR), workers):
         pass
     return out_X, out_c, out_a
 
@@ -460,8 +468,9 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
             same dtype; float64 tracks are solved in float64.
         mask: ``[S, N]`` bool, the views used for each track.
         max_tracks_per_chunk: tracks processed at once (0: from free memory).
-        num_workers: CPU threads that process chunks in parallel (default
-            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU).
+        num_workers: most CPU threads that process chunks in parallel (default
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU; fewer when the work is small,
+            :func:`vggsfm_ns.threads.parallel_workers`).
 
     Returns:
         ``[N, 3]``; same result as :func:`triangulate_multi_view` with shared cameras for tracks
@@ -483,7 +492,7 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
     todo = todo[torch.argsort(count[todo], stable=True)]
     valid_all = mask.T  # [N, S]
     trk = tracks.transpose(0, 1).to(ext.dtype)  # [N, S, 2]
-    workers = device_workers(dev, num_workers)
+    workers = parallel_workers(float(count[todo].sum()) * SECONDS_PER_OBSERVATION, device_workers(dev, num_workers))
 
     def run(job: Tuple[int, int, int]) -> None:
         a, b, V = job
@@ -493,7 +502,8 @@ def triangulate_tracks_linear(extrinsics: torch.Tensor, tracks: torch.Tensor, ma
         T = _ray_system(ext[views], torch.gather(trk[sel], 1, views[..., None].expand(-1, -1, 2)))  # [n, V, 16]
         out[sel] = _solve_masked(T, valid[:, None, :])[:, 0]  # disjoint rows per job
 
-    jobs = _balanced(list(_view_chunks(count[todo], 1, max_tracks_per_chunk, dev, 0, share=workers)), workers)
+    jobs = _balanced(list(_view_chunks(count[todo], 1, max_tracks_per_chunk, dev, 0, share=workers)), workers,
+                     min_job_items(SECONDS_PER_OBSERVATION))
     for _ in thread_map(run, jobs, workers):
         pass
     return out
@@ -611,8 +621,9 @@ def triangulate_tracks(
         seed: seed of the per-track pair sampling.
         max_tracks_per_chunk: tracks processed at once (0: from free memory).
         exact_max_views: above this many frames the angle check uses the double sweep.
-        num_workers: CPU threads that process chunks of tracks in parallel (default
-            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU). The result does not depend on it (up to
+        num_workers: most CPU threads that process chunks of tracks in parallel (default
+            :func:`vggsfm_ns.threads.cpu_workers`; ignored on GPU; fewer when the work is small,
+            :func:`vggsfm_ns.threads.parallel_workers`). The result does not depend on it (up to
             floating-point rounding of the batched products).
 
     Returns:
@@ -654,10 +665,11 @@ def triangulate_tracks(
         # compact each track to its valid views (sparse tracks: V << S); chunks by view count
         todo = todo[torch.argsort(nvalid[todo], stable=True)]
     H_tot = H + min(lo_num, H) + min(lo_num_second, lo_num, H)
-    workers = device_workers(dev, num_workers)
     views = nvalid[todo] if pairs is None else torch.full((todo.numel(),), S, device=dev)
+    workers = parallel_workers(float(views.sum()) * H_tot * SECONDS_PER_HYPOTHESIS_VIEW, device_workers(dev, num_workers))
     # the chunks that run at the same time share the memory budget
-    jobs = _balanced(list(_view_chunks(views, H_tot, max_tracks_per_chunk, dev, exact_max_views, share=workers)), workers)
+    jobs = _balanced(list(_view_chunks(views, H_tot, max_tracks_per_chunk, dev, exact_max_views, share=workers)), workers,
+                     min_job_items(H_tot * SECONDS_PER_HYPOTHESIS_VIEW))
 
     def run(job: Tuple[int, int, int]) -> None:
         a, b, V = job
@@ -690,9 +702,10 @@ def triangulate_tracks(
 LONG_TRACK_VIEWS, LONG_TRACK_HYPOTHESES = 10, 10
 
 
-def _balanced(chunks: List[Tuple[int, int, int]], workers: int) -> List[Tuple[int, int, int]]:
+def _balanced(chunks: List[Tuple[int, int, int]], workers: int, min_cost: float = 0.0) -> List[Tuple[int, int, int]]:
     """Split ``(start, stop, V)`` chunks so that no job costs more than ``1 / (JOBS_PER_WORKER *
-    workers)`` of the total (cost: tracks x views), largest first; unchanged for one worker.
+    workers)`` of the total (cost: tracks x views), largest first, but never into pieces that cost
+    less than ``min_cost``; unchanged for one worker.
 
     Tracks of a piece keep the chunk's padded view count ``V``, so every track goes through the
     same computation as in the unsplit chunk (batch size can only change floating-point rounding).
@@ -703,7 +716,10 @@ def _balanced(chunks: List[Tuple[int, int, int]], workers: int) -> List[Tuple[in
     target = max(1.0, total / (JOBS_PER_WORKER * workers))
     jobs = []
     for a, b, V in chunks:
-        pieces = max(1, min(b - a, math.ceil((b - a) * V / target)))
+        pieces = min(b - a, math.ceil((b - a) * V / target))
+        if min_cost > 0:
+            pieces = min(pieces, int((b - a) * V // min_cost))
+        pieces = max(1, pieces)
         edges = [a + (b - a) * k // pieces for k in range(pieces + 1)]
         jobs += [(edges[k], edges[k + 1], V) for k in range(pieces) if edges[k + 1] > edges[k]]
     return sorted(jobs, key=lambda j: -(j[1] - j[0]) * j[2])
