@@ -20,6 +20,7 @@ from typing import List, Optional, Union
 import torch
 
 from .config import ReconstructionConfig
+from .devices import resolve_device
 from .errors import InputError
 from .io.frames import MIN_FRAMES, check_uniform_size
 from .progress import Observers, PipelineObserver, Stage
@@ -39,25 +40,6 @@ class TrackerChoice:
     name: str
     checkpoint: Optional[Path]
     reason: str
-
-
-def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.device:
-    """``"auto"`` or None → CUDA when available, else CPU; anything else is passed to :class:`torch.device`.
-
-    The one place where a device is chosen (the networks, the depth model).
-
-    Raises:
-        InputError: for an unknown device string or CUDA asked on a machine without it.
-    """
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = device if isinstance(device, torch.device) else torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"unknown device {device!r} ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked but CUDA is not available")
-    return dev
 
 
 def choose_tracker(cfg: ReconstructionConfig, frames: FrameSet) -> TrackerChoice:

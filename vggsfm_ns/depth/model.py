@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..api import resolve_device
+from ..devices import resolve_device
 from ..checkpoints import is_offline
 from ..conventions import imagenet_normalize
 from ..errors import CheckpointError, InputError, short_reason
