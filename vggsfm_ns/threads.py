@@ -19,8 +19,8 @@ Work is split only into jobs of at least :data:`MIN_JOB_SECONDS` of single-core 
 time in Python between kernels, holding the GIL, so two such jobs hardly overlap, and every hand-off
 of the GIL between a worker and a thread running Python can wait for the interpreter's switch
 interval (5 ms). Measured in ``docs/benchmarks.md`` (tenth session): on DTU-sized problems the
-point filter, the linear and pairwise triangulations and the LO-RANSAC triangulation took 1.5-10x
-longer split over two workers than on one thread.
+point filter and the linear and pairwise triangulations took 1.5-10x longer split over two
+workers than on one thread, and the LO-RANSAC triangulation was no faster.
 """
 
 from __future__ import annotations
