@@ -422,6 +422,47 @@ def test_filter_points_thresholds_masks_and_angle(split_every_job):
         torch.set_num_threads(old)
 
 
+def test_small_calls_stay_on_one_thread(monkeypatch):
+    """The filter and the triangulations run a DTU-sized call's few milliseconds of work on the
+    calling thread (worker threads only pay off for jobs of MIN_JOB_SECONDS), and split the same
+    call when every job is worth a worker."""
+    import vggsfm_ns.geometry.filtering as filt
+    import vggsfm_ns.threads as threads
+
+    used = []
+
+    def recording(fn, items, workers=None):
+        items = list(items)
+        used.append((workers, len(items)))
+        return threads.thread_map(fn, items, workers)
+
+    monkeypatch.setattr(filt, "thread_map", recording)
+    monkeypatch.setattr(tri, "thread_map", recording)
+    ext, X = _cams(6), _points(400)
+    uv = _normalized(ext, X)
+    K = torch.tensor([[500.0, 0, 320], [0, 500.0, 240], [0, 0, 1]], dtype=torch.float64).expand(6, 3, 3)
+    px, _ = cam.project_points(X, ext, K)
+    mask = torch.ones(6, 400, dtype=torch.bool)
+
+    def calls():
+        used.clear()
+        filter_points3d(X, px, ext, K)
+        tri.triangulate_tracks_linear(ext, uv, mask)
+        tri.triangulate_by_pair(ext, uv, ref=0)
+        tri.triangulate_tracks(ext, uv, mask, max_ransac_iters=16, lo_num=6, lo_num_second=3)
+        return list(used)
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert [w for w, _ in calls()] == [1, 1, 1, 1]
+        monkeypatch.setattr(threads, "MIN_JOB_SECONDS", 0.0)
+        split = calls()
+        assert all(w == 2 and n >= 2 for w, n in split), split
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_valid_frame_mask():
     ext = torch.eye(3, 4, dtype=torch.float64).repeat(4, 1, 1)
     ext[3, 0, 3] = 31.0

@@ -135,11 +135,11 @@ def test_job_ranges_cover_in_order_with_bounded_size():
     assert job_ranges(7, 100, 16, item_seconds=0.0) == r  # no cost estimate: as before
 
 
-def test_small_work_is_not_split(split_every_job):
+def test_small_work_is_not_split(monkeypatch):
     """Jobs hold at least MIN_JOB_SECONDS of estimated work, and small work uses fewer workers."""
     import vggsfm_ns.threads as threads
 
-    threads.MIN_JOB_SECONDS = 0.04
+    monkeypatch.setattr(threads, "MIN_JOB_SECONDS", 0.04)
     assert parallel_workers(0.01, 2) == 1 and parallel_workers(0.079, 2) == 1
     assert parallel_workers(0.08, 2) == 2 and parallel_workers(10.0, 3) == 3 and parallel_workers(10.0, 0) == 1
     assert min_job_items(1e-3) == 40 and min_job_items(0.0) == 1
@@ -148,6 +148,6 @@ def test_small_work_is_not_split(split_every_job):
     assert job_ranges(1000, 100, 2, item_seconds=1e-4)[0] == (0, 100)  # memory still caps the size
     # 1 s of work: the per-worker split is coarser than the floor, so it wins
     assert len(job_ranges(1000, 10**9, 2, item_seconds=1e-3)) == 2 * JOBS_PER_WORKER
-    threads.MIN_JOB_SECONDS = 0.0  # the fixture's setting: any work is split
+    monkeypatch.setattr(threads, "MIN_JOB_SECONDS", 0.0)  # split_every_job's setting: any work is split
     assert parallel_workers(1e-9, 2) == 2 and min_job_items(1e-9) == 1
     assert len(job_ranges(1000, 10**9, 2, item_seconds=1e-9)) == 2 * JOBS_PER_WORKER
