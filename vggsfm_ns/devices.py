@@ -19,6 +19,9 @@ def resolve_device(device: Union[str, torch.device, None] = "auto") -> torch.dev
 
     Raises:
         InputError: for an unknown device string or CUDA asked on a machine without it.
+
+    Source: replaces the official pipeline's fixed CUDA device (spec §4.2: e.g. the query-point
+    extractors are moved to CUDA on every call).
     """
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
