@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..devices import resolve_device
 from ..checkpoints import is_offline
 from ..conventions import imagenet_normalize
+from ..devices import resolve_device
 from ..errors import CheckpointError, InputError, short_reason
 
 

@@ -1077,7 +1077,7 @@ class _VideoRun:
             return None
         pred = torch.as_tensor(pred, dtype=torch.float64)
         R, t, s = align_camera_extrinsics(pred[: len(prev)], torch.from_numpy(np.stack([self.ext[f] for f in prev])))
-        return transform_cameras(torch.as_tensor(pred[len(prev):]), R, t, s).numpy()
+        return transform_cameras(pred[len(prev):], R, t, s).numpy()
 
     def process_window(self, anchor: int, new: List[int]) -> List[int]:
         """Track, register, triangulate, land and bundle-adjust one window; returns the registered
