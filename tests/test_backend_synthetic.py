@@ -272,3 +272,50 @@ def test_intermediate_ba_subset_covers_every_frame():
     # deterministic, and everything when the budget allows
     assert torch.equal(sel, m.ba_subset(budget=total // 10, quota=quota))
     assert torch.equal(m.ba_subset(budget=total, quota=quota), m.has_point)
+
+
+@pytest.mark.parametrize("relocalize", [True, False])
+def test_pose_refinement_relocalises_a_frame_registered_far_off(monkeypatch, relocalize):
+    """A registered frame whose pose explains few of its correspondences (here: turned 90 degrees,
+    as a PnP on a few ambiguous points can leave it) is re-localised by RANSAC PnP during pose
+    refinement; local refinement alone cannot recover it (the ``relocalize=False`` case shows the
+    test can fail). The correctly posed frames keep their poses."""
+    import vggsfm_ns.sfm.backend as be
+    from vggsfm_ns.sfm.synthetic import _rotvec_to_matrix
+
+    if not relocalize:
+        monkeypatch.setattr(be, "RELOCALIZE_BELOW", 0.0)
+    scene = make_scene(num_frames=10, num_points=600, outlier_ratio=0.05, missing_ratio=0.2, seed=4)
+    tr = scene.tracks
+    S = tr.num_frames
+    K = torch.stack([be._to_proc_K(torch.from_numpy(scene.intrinsics[i]), t) for i, t in enumerate(tr.transforms)])
+    m = be._Model(center_to_corner(tr.tracks.to(torch.float64)), tr.valid_mask().clone(), list(tr.transforms),
+                  "SIMPLE_PINHOLE", K, torch.zeros(S, 0, dtype=torch.float64), torch.zeros(S, dtype=torch.int64),
+                  True, SfMConfig(), 0)
+    m.ext = torch.from_numpy(scene.extrinsics.copy())
+    m.X = torch.from_numpy(scene.points.copy())
+    m.has_point = m.obs.sum(0) >= 2
+    m.inl = m.obs & m.has_point[None]
+    m.registered[:] = True
+    bad = 6
+    turn = torch.from_numpy(_rotvec_to_matrix(np.array([0.0, np.pi / 2, 0.0])))
+    m.ext[bad] = torch.cat([turn @ m.ext[bad, :, :3], (turn @ m.ext[bad, :, 3:])], 1)
+    before = m.ext.clone()
+
+    m.refine_poses(force=False)
+
+    def rot_err(a, b):
+        c = (torch.trace(a[:, :3] @ b[:, :3].T) - 1) / 2
+        return float(torch.rad2deg(torch.arccos(torch.clamp(c, -1.0, 1.0))))
+
+    gt = torch.from_numpy(scene.extrinsics)
+    err = rot_err(m.ext[bad], gt[bad])
+    if relocalize:
+        assert err < 0.5, err
+        centre = -(m.ext[bad, :, :3].T @ m.ext[bad, :, 3])
+        centre_gt = -(gt[bad, :, :3].T @ gt[bad, :, 3])
+        assert float((centre - centre_gt).norm()) < 0.02 * float(centre_gt.norm())
+    else:
+        assert err > 80.0, err  # local refinement keeps the wrong pose
+    others = [i for i in range(S) if i != bad]
+    assert max(rot_err(m.ext[i], before[i]) for i in others) < 0.2
