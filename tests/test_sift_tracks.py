@@ -361,6 +361,30 @@ def test_sift_bad_input(shared_data):
     fs2, _, _ = _subset(shared_data, [0, 1, 2])
     with pytest.raises(InputError):
         track_sift(fs2, TrackConfig(), query_frames=[7])
+    with pytest.raises(InputError, match="sift_partners"):
+        track_sift(fs2, TrackConfig(sift_partners=0))
+
+
+def test_sift_partners_sets_the_matched_pairs(shared_data, monkeypatch):
+    """``sift_partners`` frames per frame are matched (plus the spanning tree), all pairs once a frame
+    has that many others."""
+    import vggsfm_ns.tracks.sift as sift_mod
+
+    fs, _, _ = _subset(shared_data, list(range(0, 40, 4)))  # 10 frames
+    seen = []
+
+    def record(feats, pairs, *args, **kwargs):
+        seen.append(list(pairs))
+        raise RuntimeError("stop after pair selection")
+
+    monkeypatch.setattr(sift_mod, "_match_and_verify", record)
+    for partners in (3, 9):
+        with pytest.raises(RuntimeError, match="stop after"):
+            track_sift(fs, TrackConfig(sift_partners=partners))
+    few, every = seen
+    assert len(every) == 45 and len(set(every)) == 45
+    degree = np.bincount(np.array(few).ravel(), minlength=10)
+    assert degree.min() >= 3 and 15 <= len(few) <= 30 + 9, (degree, len(few))
 
 
 def _sampson_band_reference(d1, d2, x1, x2, F, thr):

@@ -63,6 +63,12 @@ class TrackConfig:
     tracks time): no enlargement 94.5 %, 88, 2.6 s; 416: 96.0 %, 196, 3.1 s; 448: 97.4 %, 225,
     3.7 s; 512: 98.3 %, 315, 5.7 s. The final poses score AUC@30 99.99 with 448 and with 512. The
     ``fast`` preset turns it off."""
+    sift_partners: int = 8
+    """SIFT tracker: each frame is matched with this many partners, the most similar frames by a
+    cheap retrieval (all pairs when there are no more frames than this plus one). Measured on six
+    scenes (``docs/benchmarks.md``): 6 keeps every result of 8 and saves 15-20 % of the time;
+    with 5, ``kitchen`` (repeated texture) registers 19 of 25 frames; with 3, dtu_scan24's AUC@30
+    falls to 85. The ``fast`` preset uses 6."""
     fine_tracking: bool = True
     """Run the fine (sub-pixel) tracker after the coarse one."""
     complement_nonvisible: bool = True
@@ -187,6 +193,7 @@ def _fast() -> ReconstructionConfig:
     cfg.track.query_frame_num = 2
     cfg.track.max_image_size = 768
     cfg.track.sift_small_frame = 0
+    cfg.track.sift_partners = 6
     cfg.sfm.robust_refine = 1
     return cfg
 

@@ -8,7 +8,7 @@ contract (:class:`vggsfm_ns.types.TrackSet`) and the same query-frame structure 
    OpenCV, RootSIFT descriptors, at most ``max_features``), none inside dynamic masks. Frames
    smaller than ``cfg.sift_small_frame`` are enlarged for detection only.
 2. **Pairs**: all pairs for small sets; otherwise every frame is matched with its
-   ``num_neighbors`` most similar frames, similarity being the number of mutual-nearest-neighbour
+   ``cfg.sift_partners`` most similar frames, similarity being the number of mutual-nearest-neighbour
    matches among the :data:`RETRIEVAL_FEATURES` coarsest features of each frame (a cheap
    retrieval), plus the maximum spanning tree of that similarity so the pair graph is connected.
 3. **Matching** (:func:`_match_descriptors`): mutual nearest neighbours with Lowe's ratio test,
@@ -80,8 +80,6 @@ GUIDED_BELOW = 0.1
 NARROW_BAND = 0.05
 #: Guided matching: blocks of rows compared at once (padded to the widest of them).
 BAND_GROUP = 8
-#: Partners per frame when not all pairs are matched.
-NUM_NEIGHBORS = 8
 #: Coarse features per frame used to rank partners.
 RETRIEVAL_FEATURES = 256
 #: Shortest track (frames), capped at the number of frames.
@@ -687,7 +685,7 @@ def track_sift(
     observer: Optional[PipelineObserver] = None,
     *,
     max_features: int = MAX_FEATURES,
-    num_neighbors: int = NUM_NEIGHBORS,
+    num_neighbors: Optional[int] = None,
     fmat_threshold: Optional[float] = None,
     min_inliers: int = MIN_INLIERS,
     guided_matching: bool = True,
@@ -701,11 +699,13 @@ def track_sift(
         cfg: track settings. Used: ``max_image_size`` (processed size), ``query_frame_num``,
             ``query_frame_ranking`` (``midpoint`` / ``interval`` are honoured; ``dino`` is
             replaced by the match-graph ranking, see module doc), ``max_query_pts`` (tracks per
-            query frame), ``complement_nonvisible``, ``min_visible`` and ``sift_small_frame``.
+            query frame), ``complement_nonvisible``, ``min_visible``, ``sift_small_frame`` and
+            ``sift_partners``.
         observer: progress reporting (stages ``"SIFT features"``, one step per frame, and
             ``"SIFT matching"``, one step per frame pair).
         max_features: SIFT features per frame.
-        num_neighbors: partners per frame (all pairs when ``S - 1 <= num_neighbors``).
+        num_neighbors: partners per frame (all pairs when ``S - 1 <= num_neighbors``); default
+            ``cfg.sift_partners``.
         fmat_threshold: epipolar (Sampson) threshold of the two-view RANSAC and of the track
             checks, processed px; default ``max(1, FMAT_THRESHOLD * long_side / 1024)``.
         min_inliers: fewest verified matches for a pair to count.
@@ -722,7 +722,7 @@ def track_sift(
     ``predict_tracks`` + ``comple_nonvis_frames`` (spec §3.4, §4.3 item 4).
 
     Raises:
-        InputError: with fewer than 2 frames.
+        InputError: with fewer than 2 frames or fewer than 1 partner per frame.
     """
     from ..preprocess import resize_transforms
     from ..query.frames import select_query_frames
@@ -730,6 +730,9 @@ def track_sift(
     S = len(frames)
     if S < 2:
         raise InputError(f"SIFT tracks need at least 2 frames, got {S}")
+    partners = int(cfg.sift_partners if num_neighbors is None else num_neighbors)
+    if partners < 1:
+        raise InputError(f"SIFT tracks need at least 1 partner per frame, got {partners} (sift_partners)")
     transforms = resize_transforms(frames, cfg.max_image_size)
     if fmat_threshold is None:
         long_side = max(max(t.size) for t in transforms)
@@ -737,7 +740,7 @@ def track_sift(
     bf16 = _use_bf16()
     with Stage(observer, "SIFT features", total=S) as stage:
         feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame)
-        pairs = _select_pairs(feats, num_neighbors, bf16)  # retrieval: the bar is full meanwhile
+        pairs = _select_pairs(feats, partners, bf16)  # retrieval: the bar is full meanwhile
     with Stage(observer, "SIFT matching", total=len(pairs)) as stage:
         verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
     builder = _TrackBuilder(feats, verified)
