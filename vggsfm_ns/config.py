@@ -65,10 +65,10 @@ class TrackConfig:
     ``fast`` preset turns it off."""
     sift_partners: int = 8
     """SIFT tracker: each frame is matched with this many partners, the most similar frames by a
-    cheap retrieval (all pairs when there are no more frames than this plus one). Measured on six
-    scenes (``docs/benchmarks.md``): 6 keeps every result of 8 and saves 15-20 % of the time;
-    with 5, ``kitchen`` (repeated texture) registers 19 of 25 frames; with 3, dtu_scan24's AUC@30
-    falls to 85. The ``fast`` preset uses 6."""
+    cheap retrieval (all pairs when there are no more frames than this plus one). Measured with
+    the ``fast`` preset on six scenes (``docs/benchmarks.md``, eleventh session): 6 registers the
+    same frames as 8, with the same AUC@30 to 0.02, in 13-17 % less time; with 5, ``kitchen``
+    (repeated texture) registers 19 of 25 frames. The ``fast`` preset uses 6."""
     fine_tracking: bool = True
     """Run the fine (sub-pixel) tracker after the coarse one."""
     complement_nonvisible: bool = True
