@@ -520,13 +520,13 @@ class _Model:
         def one(i: int) -> Tuple[int, bool]:
             """Frame ``i`` alone (writes only its own pose and camera): ``(changed, newly registered)``."""
             p2 = self.xy[i, idx].numpy()
-            n_obs = int(obs[i].sum())
-            if was_registered[i] and n_obs >= MIN_PNP_CORRESPONDENCES and inl[i].sum() < RELOCALIZE_BELOW * n_obs:
+            n_obs, n_inl = int(obs[i].sum()), int(inl[i].sum())
+            if was_registered[i] and n_obs >= MIN_PNP_CORRESPONDENCES and n_inl < RELOCALIZE_BELOW * n_obs:
                 # a pose that explains few of the frame's correspondences: try RANSAC PnP from scratch
                 m = obs[i]
-                if self.pnp_frame(i, p2[m], X_np[m], min_inlier_ratio=float(inl[i].sum()) / n_obs + 1e-9) is not None:
+                if self.pnp_frame(i, p2[m], X_np[m], min_inlier_ratio=n_inl / n_obs + 1e-9) is not None:
                     return 1, False
-            if was_registered[i] and inl[i].sum() > min_inliers:
+            if was_registered[i] and n_inl > min_inliers:
                 m = inl[i]
                 if m.sum() > POSE_MAX_POINTS:
                     m = np.zeros_like(m)

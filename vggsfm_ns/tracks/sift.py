@@ -685,7 +685,6 @@ def track_sift(
     observer: Optional[PipelineObserver] = None,
     *,
     max_features: int = MAX_FEATURES,
-    num_neighbors: Optional[int] = None,
     fmat_threshold: Optional[float] = None,
     min_inliers: int = MIN_INLIERS,
     guided_matching: bool = True,
@@ -704,8 +703,6 @@ def track_sift(
         observer: progress reporting (stages ``"SIFT features"``, one step per frame, and
             ``"SIFT matching"``, one step per frame pair).
         max_features: SIFT features per frame.
-        num_neighbors: partners per frame (all pairs when ``S - 1 <= num_neighbors``); default
-            ``cfg.sift_partners``.
         fmat_threshold: epipolar (Sampson) threshold of the two-view RANSAC and of the track
             checks, processed px; default ``max(1, FMAT_THRESHOLD * long_side / 1024)``.
         min_inliers: fewest verified matches for a pair to count.
@@ -730,7 +727,7 @@ def track_sift(
     S = len(frames)
     if S < 2:
         raise InputError(f"SIFT tracks need at least 2 frames, got {S}")
-    partners = int(cfg.sift_partners if num_neighbors is None else num_neighbors)
+    partners = int(cfg.sift_partners)
     if partners < 1:
         raise InputError(f"SIFT tracks need at least 1 partner per frame, got {partners} (sift_partners)")
     transforms = resize_transforms(frames, cfg.max_image_size)
