@@ -363,6 +363,8 @@ def test_sift_bad_input(shared_data):
         track_sift(fs2, TrackConfig(), query_frames=[7])
     with pytest.raises(InputError, match="sift_partners"):
         track_sift(fs2, TrackConfig(sift_partners=0))
+    with pytest.raises(InputError, match="sift_octave_layers"):
+        track_sift(fs2, TrackConfig(sift_octave_layers=0))
 
 
 def test_sift_partners_sets_the_matched_pairs(shared_data, monkeypatch):
@@ -385,6 +387,71 @@ def test_sift_partners_sets_the_matched_pairs(shared_data, monkeypatch):
     assert len(every) == 45 and len(set(every)) == 45
     degree = np.bincount(np.array(few).ravel(), minlength=10)
     assert degree.min() >= 3 and 15 <= len(few) <= 30 + 9, (degree, len(few))
+
+
+def _spy_layers(monkeypatch):
+    """Record the layers per octave and the feature counts of every extraction pass."""
+    import vggsfm_ns.tracks.sift as sift_mod
+
+    calls = []
+    extract = sift_mod._extract_all
+
+    def spy(*args, **kwargs):
+        feats = extract(*args, **kwargs)
+        calls.append((args[5] if len(args) > 5 else kwargs["octave_layers"], feats.counts))
+        return feats
+
+    monkeypatch.setattr(sift_mod, "_extract_all", spy)
+    return calls
+
+
+def test_sift_two_octave_layers_fall_back_to_three_when_pairs_do_not_join(shared_data, monkeypatch):
+    """cake (8 wide-baseline frames): with 2 layers per octave the verified pairs are three
+    disjoint pairs and no track reaches 3 frames, so the tracker extracts and matches again with 3
+    layers, and returns exactly the tracks of a 3-layer run. On DTU frames, whose pairs join with 2
+    layers, there is one pass with a quarter fewer features."""
+    from vggsfm_ns.io.frames import load_frames
+    from vggsfm_ns.progress import PipelineObserver
+
+    root = shared_data / "cake" / "images"
+    if not root.is_dir():
+        pytest.skip("cake not in the shared data")
+    cake = load_frames(root)
+
+    class Messages(PipelineObserver):
+        def __init__(self):
+            self.texts, self.stages = [], []
+
+        def message(self, text, level="info"):
+            self.texts.append(text)
+
+        def stage_started(self, name, total=None):
+            self.stages.append(name)
+
+    calls = _spy_layers(monkeypatch)
+    msgs = Messages()
+    cfg = TrackConfig(sift_octave_layers=2, sift_partners=6, sift_small_frame=0, max_image_size=768)
+    cheap = track_sift(cake, cfg, observer=msgs)
+    assert [c[0] for c in calls] == [2, 3]
+    assert msgs.stages == ["SIFT features", "SIFT matching", "SIFT features (3 layers)", "SIFT matching (3 layers)"]
+    assert len(msgs.texts) == 1 and "join only 2 of 8 frames" in msgs.texts[0]
+    cfg.sift_octave_layers = 3
+    full = track_sift(cake, cfg)
+    assert [c[0] for c in calls] == [2, 3, 3]
+    assert full.num_tracks >= 30 and (full.vis.sum(0) >= 3).all()
+    assert torch.equal(cheap.tracks, full.tracks) and torch.equal(cheap.vis, full.vis)
+
+    # DTU: 2 layers join every frame, one pass, fewer features
+    fs, _, _ = _subset(shared_data, list(range(0, 20, 2)))
+    calls.clear()
+    cfg.sift_octave_layers = 2
+    two = track_sift(fs, cfg)
+    assert [c[0] for c in calls] == [2]
+    cfg.sift_octave_layers = 3
+    track_sift(fs, cfg)
+    ratio = calls[0][1].sum() / calls[1][1].sum()
+    assert 0.6 <= ratio <= 0.85, ratio
+    assert two.num_tracks >= 300 and (two.vis.sum(0) >= 3).all()
 
 
 def _sampson_band_reference(d1, d2, x1, x2, F, thr):

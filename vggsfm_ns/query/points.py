@@ -111,6 +111,7 @@ def extract_sift(
     upsample: bool = True,
     upscale: float = 1.0,
     sigma: float = 1.6,
+    octave_layers: int = 3,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detect and describe SIFT features in one grey image.
 
@@ -121,13 +122,17 @@ def extract_sift(
             count once per orientation.
         backend: ``"opencv"`` (``cv2.SIFT``, with ``enable_precise_upscale`` so keypoints are
             unbiased; ~3x faster than pycolmap on CPU) or ``"pycolmap"`` (COLMAP's VLFeat SIFT).
-        contrast_threshold: DoG peak threshold in OpenCV units (divided by the 3 layers per
-            octave, 0.02 equals COLMAP's default ``peak_threshold`` 0.0067).
+        contrast_threshold: DoG peak threshold in OpenCV units (divided by ``octave_layers``; with
+            3 layers, 0.02 equals COLMAP's default ``peak_threshold`` 0.0067).
         upsample: pycolmap only: start at octave -1 (image doubled), COLMAP's default; finds
             about 3x more features on small frames. OpenCV always starts at octave -1.
         upscale: detect on the image enlarged by this factor (bilinear) and map the keypoints
             back (pixel-centre: ``x = (x_up + 0.5) / f - 0.5``). On small frames (< 640 px) a
             factor 2 doubles the repeatable features and improves localisation.
+        sigma: base blur (OpenCV ``sigma``; pycolmap keeps COLMAP's own).
+        octave_layers: scales sampled per octave (OpenCV ``nOctaveLayers``, COLMAP
+            ``octave_resolution``; both default to 3, Lowe's choice). With OpenCV, 2 layers found
+            a quarter fewer features in 11-21 % less time on dtu_scan24, kitchen and cake.
 
     Returns:
         ``xy (N, 2)`` float32 pixel-centre coordinates, ``scale (N,)`` float32 keypoint scale in
@@ -135,30 +140,32 @@ def extract_sift(
         unit L2 norm).
 
     Raises:
-        ValueError: on an unknown backend or an image that is not 2-D uint8.
+        ValueError: on an unknown backend, an image that is not 2-D uint8, or ``octave_layers`` < 1.
     """
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"extract_sift needs a (H, W) uint8 image, got {gray.shape} {gray.dtype}")
+    if int(octave_layers) < 1:
+        raise ValueError(f"extract_sift needs at least 1 layer per octave, got {octave_layers}")
     if upscale != 1.0:
         import cv2
 
         h, w = gray.shape
         bw, bh = int(round(w * upscale)), int(round(h * upscale))
         big = cv2.resize(gray, (bw, bh), interpolation=cv2.INTER_LINEAR)
-        xy, scale, desc = extract_sift(big, max_features, backend, contrast_threshold, upsample, 1.0, sigma)
+        xy, scale, desc = extract_sift(big, max_features, backend, contrast_threshold, upsample, 1.0, sigma, octave_layers)
         fx, fy = bw / w, bh / h
         xy = corner_to_center(center_to_corner(xy) / np.array([fx, fy], np.float32)) if len(xy) else xy
         return xy.astype(np.float32), (scale / fx).astype(np.float32), desc
     if backend == "opencv":
         import cv2
 
-        key = ("opencv", int(max_features), float(contrast_threshold), float(sigma))
+        key = ("opencv", int(max_features), float(contrast_threshold), float(sigma), int(octave_layers))
         with _LOCK:
             sift = _SIFT_CACHE.get(key)
             if sift is None:
                 sift = cv2.SIFT_create(
-                    nfeatures=int(max_features), contrastThreshold=float(contrast_threshold), sigma=float(sigma),
-                    enable_precise_upscale=True,
+                    nfeatures=int(max_features), nOctaveLayers=int(octave_layers), contrastThreshold=float(contrast_threshold),
+                    sigma=float(sigma), enable_precise_upscale=True,
                 )
                 _SIFT_CACHE[key] = sift
         kps, desc = sift.detectAndCompute(gray, None)
@@ -170,13 +177,14 @@ def extract_sift(
     elif backend == "pycolmap":
         import pycolmap
 
-        key = ("pycolmap", int(max_features), float(contrast_threshold), bool(upsample))
+        key = ("pycolmap", int(max_features), float(contrast_threshold), bool(upsample), int(octave_layers))
         with _LOCK:
             sift = _SIFT_CACHE.get(key)
             if sift is None:
                 opts = pycolmap.FeatureExtractionOptions()
                 opts.sift.max_num_features = int(max_features)
-                opts.sift.peak_threshold = float(contrast_threshold) / 3.0
+                opts.sift.peak_threshold = float(contrast_threshold) / int(octave_layers)
+                opts.sift.octave_resolution = int(octave_layers)
                 opts.sift.first_octave = -1 if upsample else 0
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)

@@ -6,7 +6,9 @@ contract (:class:`vggsfm_ns.types.TrackSet`) and the same query-frame structure 
 
 1. **Features**: SIFT on every processed frame (:func:`vggsfm_ns.query.points.extract_sift`,
    OpenCV, RootSIFT descriptors, at most ``max_features``), none inside dynamic masks. Frames
-   smaller than ``cfg.sift_small_frame`` are enlarged for detection only.
+   smaller than ``cfg.sift_small_frame`` are enlarged for detection only. The detector samples
+   ``cfg.sift_octave_layers`` scales per octave; with fewer than :data:`FULL_OCTAVE_LAYERS`, steps
+   1-4 run again with that many when the verified pairs (step 4) do not join every frame.
 2. **Pairs**: all pairs for small sets; otherwise every frame is matched with its
    ``cfg.sift_partners`` most similar frames, similarity being the number of mutual-nearest-neighbour
    matches among the :data:`RETRIEVAL_FEATURES` coarsest features of each frame (a cheap
@@ -84,6 +86,9 @@ BAND_GROUP = 8
 RETRIEVAL_FEATURES = 256
 #: Shortest track (frames), capped at the number of frames.
 MIN_TRACK_LENGTH = 3
+#: SIFT scales per octave of the full pass (Lowe's and COLMAP's choice); a cheaper first pass
+#: (``cfg.sift_octave_layers`` below this) falls back to it when its pair graph is not connected.
+FULL_OCTAVE_LAYERS = 3
 
 
 @dataclass
@@ -112,7 +117,7 @@ def _use_bf16() -> bool:
     return False
 
 
-def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, small_frame: int) -> _Features:
+def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, small_frame: int, octave_layers: int = FULL_OCTAVE_LAYERS) -> _Features:
     import cv2
 
     from ..preprocess import load_processed_masks
@@ -123,7 +128,7 @@ def _extract_all(frames: FrameSet, transforms, max_features: int, stage: Stage, 
         upscale = min(2.0, small_frame / max(gray.shape)) if max(gray.shape) < small_frame else 1.0
         xy, scale, desc = extract_sift(
             gray, max_features=max_features, backend="opencv", contrast_threshold=CONTRAST_THRESHOLD, upscale=upscale,
-            sigma=SIFT_SIGMA,
+            sigma=SIFT_SIGMA, octave_layers=octave_layers,
         )
         if frames.mask_paths[i] is not None and len(xy):
             m = load_processed_masks(frames, transforms, [i])[0].numpy()
@@ -667,6 +672,19 @@ class _TrackBuilder:
         return obs, direct
 
 
+def _largest_component(verified: Dict[Tuple[int, int], object], S: int) -> int:
+    """Frames in the largest connected component of the verified pair graph (1 with no pairs)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not verified:
+        return min(S, 1)
+    e = np.array(list(verified.keys()), np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(S, S))
+    _, label = connected_components(graph, directed=False)
+    return int(np.bincount(label).max())
+
+
 def _rank_query_frames(verified: Dict[Tuple[int, int], np.ndarray], S: int, num: int) -> List[int]:
     """Most connected frame first, then farthest-point sampling on ``1 / (1 + inliers)`` distances."""
     from ..query.frames import farthest_point_sampling
@@ -698,10 +716,12 @@ def track_sift(
         cfg: track settings. Used: ``max_image_size`` (processed size), ``query_frame_num``,
             ``query_frame_ranking`` (``midpoint`` / ``interval`` are honoured; ``dino`` is
             replaced by the match-graph ranking, see module doc), ``max_query_pts`` (tracks per
-            query frame), ``complement_nonvisible``, ``min_visible``, ``sift_small_frame`` and
-            ``sift_partners``.
+            query frame), ``complement_nonvisible``, ``min_visible``, ``sift_small_frame``,
+            ``sift_partners`` and ``sift_octave_layers``.
         observer: progress reporting (stages ``"SIFT features"``, one step per frame, and
-            ``"SIFT matching"``, one step per frame pair).
+            ``"SIFT matching"``, one step per frame pair; ``"SIFT features (3 layers)"`` and
+            ``"SIFT matching (3 layers)"`` again when a pass with fewer layers per octave leaves
+            the verified pair graph disconnected, announced by a message).
         max_features: SIFT features per frame.
         fmat_threshold: epipolar (Sampson) threshold of the two-view RANSAC and of the track
             checks, processed px; default ``max(1, FMAT_THRESHOLD * long_side / 1024)``.
@@ -719,7 +739,8 @@ def track_sift(
     ``predict_tracks`` + ``comple_nonvis_frames`` (spec §3.4, §4.3 item 4).
 
     Raises:
-        InputError: with fewer than 2 frames or fewer than 1 partner per frame.
+        InputError: with fewer than 2 frames, fewer than 1 partner per frame or fewer than 1 layer
+            per octave.
     """
     from ..preprocess import resize_transforms
     from ..query.frames import select_query_frames
@@ -730,16 +751,33 @@ def track_sift(
     partners = int(cfg.sift_partners)
     if partners < 1:
         raise InputError(f"SIFT tracks need at least 1 partner per frame, got {partners} (sift_partners)")
+    layers = int(cfg.sift_octave_layers)
+    if layers < 1:
+        raise InputError(f"SIFT needs at least 1 layer per octave, got {layers} (sift_octave_layers)")
     transforms = resize_transforms(frames, cfg.max_image_size)
     if fmat_threshold is None:
         long_side = max(max(t.size) for t in transforms)
         fmat_threshold = max(1.0, FMAT_THRESHOLD * long_side / 1024.0)
     bf16 = _use_bf16()
-    with Stage(observer, "SIFT features", total=S) as stage:
-        feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame)
-        pairs = _select_pairs(feats, partners, bf16)  # retrieval: the bar is full meanwhile
-    with Stage(observer, "SIFT matching", total=len(pairs)) as stage:
-        verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
+
+    def features_and_matches(layers: int, label: str):
+        with Stage(observer, "SIFT features" + label, total=S) as stage:
+            feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame, layers)
+            pairs = _select_pairs(feats, partners, bf16)  # retrieval: the bar is full meanwhile
+        with Stage(observer, "SIFT matching" + label, total=len(pairs)) as stage:
+            verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
+        return feats, verified, fmats
+
+    feats, verified, fmats = features_and_matches(layers, "")
+    if layers < FULL_OCTAVE_LAYERS:
+        joined = _largest_component(verified, S)
+        if joined < S:
+            if observer is not None:
+                observer.message(
+                    f"SIFT with {layers} layer(s) per octave: verified pairs join only {joined} of {S} frames; "
+                    f"extracting and matching again with {FULL_OCTAVE_LAYERS}"
+                )
+            feats, verified, fmats = features_and_matches(FULL_OCTAVE_LAYERS, f" ({FULL_OCTAVE_LAYERS} layers)")
     builder = _TrackBuilder(feats, verified)
     min_len = min(MIN_TRACK_LENGTH, S)
 
