@@ -76,8 +76,8 @@ class TrackConfig:
     Measured with the ``fast`` preset (``docs/benchmarks.md``, twelfth session): on dtu_scan24, 2
     layers take 2.66 s against 3.27 s (median of six warm runs), AUC@30 99.83 against 99.91; fox,
     kitchen, statue and british_museum register the same frames; cake's pairs do not join with 2
-    layers, so it takes the second pass (2.4 s instead of 1.7 s, the same 4 of 8 frames). The
-    ``fast`` preset uses 2."""
+    layers, so it takes the second pass (1.2 s, against 0.8 s for the ``default`` preset; the
+    same 4 of 8 frames). The ``fast`` preset uses 2."""
     fine_tracking: bool = True
     """Run the fine (sub-pixel) tracker after the coarse one."""
     complement_nonvisible: bool = True
