@@ -760,9 +760,9 @@ def track_sift(
         fmat_threshold = max(1.0, FMAT_THRESHOLD * long_side / 1024.0)
     bf16 = _use_bf16()
 
-    def features_and_matches(layers: int, label: str):
+    def features_and_matches(octave_layers: int, label: str):
         with Stage(observer, "SIFT features" + label, total=S) as stage:
-            feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame, layers)
+            feats = _extract_all(frames, transforms, max_features, stage, cfg.sift_small_frame, octave_layers)
             pairs = _select_pairs(feats, partners, bf16)  # retrieval: the bar is full meanwhile
         with Stage(observer, "SIFT matching" + label, total=len(pairs)) as stage:
             verified, fmats = _match_and_verify(feats, pairs, bf16, fmat_threshold, min_inliers, seed, stage, guided_matching)
